@@ -1,0 +1,62 @@
+"""Prometheus metrics shared by every service (one registry per process).
+
+Names are part of the operations contract (dashboards, alarms, the load-test report):
+rename one and docs/operations.md and infra/components/observability.py change with it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+#: Latency buckets (seconds) from 1 ms to 10 s: live p99 target is 50 ms.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+ENQUEUED = Counter("chat_enqueued_total", "Messages accepted (acked) by a gateway.", ["priority"])
+ENQUEUE_REJECTED = Counter(
+    "chat_enqueue_rejected_total", "Sends refused: backlog full or Redis down.", ["reason"]
+)
+DUPLICATE_SENDS = Counter("chat_duplicate_sends_total", "Resends answered with the original ack.")
+PERSISTED = Counter("chat_persisted_total", "Messages inserted into MongoDB.", ["priority"])
+PERSIST_DUPLICATES = Counter(
+    "chat_persist_duplicates_total", "Redelivered entries already stored (idempotent no-op)."
+)
+DEAD_LETTERED = Counter(
+    "chat_dead_lettered_total", "Entries moved to the dead-letter stream.", ["reason"]
+)
+RECLAIMED = Counter("chat_reclaimed_total", "Entries reclaimed from dead consumers.")
+STORE_RETRIES = Counter(
+    "chat_store_retries_total", "Batch retries while a database was unavailable.", ["store"]
+)
+PUBLISHED = Counter("chat_published_total", "Messages published on the fan-out.")
+BATCH_SIZE = Histogram(
+    "chat_batch_size", "Entries per consumer batch.", buckets=(1, 10, 50, 100, 250, 500, 1000)
+)
+STAGE_SECONDS = Histogram(
+    "chat_stage_seconds", "Time per batch stage.", ["stage"], buckets=LATENCY_BUCKETS
+)
+ACCEPT_TO_PUBLISH = Histogram(
+    "chat_accept_to_publish_seconds",
+    "From enqueue ts to fan-out publish.",
+    ["priority"],
+    buckets=LATENCY_BUCKETS,
+)
+STREAM_LAG = Gauge("chat_stream_lag_entries", "Entries not yet acknowledged.", ["priority"])
+WS_CONNECTIONS = Gauge("chat_ws_connections", "Open WebSocket connections.")
+DELIVERED = Counter("chat_delivered_total", "message frames queued to WebSocket clients.")
+SLOW_CLIENT_CLOSES = Counter(
+    "chat_slow_client_disconnects_total", "Connections closed because their buffer was full."
+)
+WS_ERRORS = Counter("chat_ws_errors_total", "error frames sent.", ["code"])
+
+
+def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
+    """The exposition body and its content type (``/metrics``)."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,238 @@
+"""Enqueue: the one atomic step that accepts a message (DESIGN.md invariants 1, 2, 5).
+
+A Lua script per partition takes a *batch* of messages and, for each one, atomically:
+
+1. returns the original ack if ``(sender, client_id)`` was seen within the TTL
+   (idempotent resend; nothing new is stored);
+2. refuses it (``unavailable``) if its stream is over ``STREAM_MAX_LEN`` entries: the
+   backlog is bounded by backpressure, never by trimming unacknowledged entries;
+3. assigns ``seq = HINCRBY chat:{p}:seq chat_id 1`` (contiguous, no gaps);
+4. assigns ``ts = max(Redis TIME in ms, last ts of the chat)`` (one clock, never
+   decreasing in seq order, even if the Redis host's clock steps back or fails over);
+5. XADDs ``m`` (msgpack body), ``s`` (seq), ``t`` (ts) to ``chat:{p}:live|bulk``.
+
+The script touches only keys of partition ``p`` (declared in KEYS), so it runs on one
+shard of Redis Cluster. A batch from one gateway tick costs one round trip per partition
+it touches; the partitions are sent concurrently.
+
+Why a script rather than MULTI: seq, ts and the idempotency check depend on values read
+in the same atomic step; a script does it in one round trip with no WATCH retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chat.errors import Unavailable
+from chat.keys import KeySpace, PartitionKeys
+from chat.serialization import Priority, QueuedMessage, encode_queued
+
+# One message = 5 ARGV slots: chat_id, prio (l|b), has_idem (1|0), id, body.
+# Replies: "<id> <seq> <ts> <prio>" (new), "=<id> <seq> <ts> <prio>" (resend), "!" (full).
+ENQUEUE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = ARGV[1]
+local maxlen = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local out = {}
+local lens = {}
+local k = 5
+local a = 4
+for i = 1, n do
+  local chat, prio, idem, id, body = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
+  a = a + 5
+  local idkey = nil
+  local prev = nil
+  if idem == '1' then
+    idkey = KEYS[k]
+    k = k + 1
+    prev = redis.call('GET', idkey)
+  end
+  if prev then
+    out[i] = '=' .. prev
+  else
+    local stream = KEYS[4]
+    if prio == 'l' then stream = KEYS[3] end
+    local len = lens[stream]
+    if len == nil then len = redis.call('XLEN', stream) end
+    if len >= maxlen then
+      out[i] = '!'
+    else
+      local seq = redis.call('HINCRBY', KEYS[1], chat, 1)
+      local last = tonumber(redis.call('HGET', KEYS[2], chat) or '0')
+      local ts = now
+      if last > ts then ts = last else redis.call('HSET', KEYS[2], chat, ts) end
+      local sts = string.format('%.0f', ts)
+      redis.call('XADD', stream, '*', 'm', body, 's', seq, 't', sts)
+      lens[stream] = len + 1
+      local v = id .. ' ' .. seq .. ' ' .. sts .. ' ' .. prio
+      if idkey then redis.call('SET', idkey, v, 'EX', ttl) end
+      out[i] = v
+    end
+  end
+end
+return out
+"""
+
+_PRIO_CODE: dict[str, bytes] = {"live": b"l", "bulk": b"b"}
+_PRIO_NAME: dict[bytes, Priority] = {b"l": "live", b"b": "bulk"}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What the sender's ``ack`` carries. ``duplicate``: an earlier send's ack."""
+
+    id: str
+    chat_id: int
+    seq: int
+    ts: int
+    priority: Priority
+    duplicate: bool = False
+
+
+class ScriptRunner(Protocol):
+    """``redis.commands.core.AsyncScript``: callable with keys and args."""
+
+    async def __call__(
+        self, keys: Sequence[Any] | None = None, args: Sequence[Any] | None = None, client: Any = None
+    ) -> Any: ...
+
+
+class Enqueuer:
+    """Runs the enqueue script, one call per partition touched by the batch."""
+
+    def __init__(self, redis: Any, keyspace: KeySpace, *, idempotency_ttl_s: int, max_len: int):
+        self._script: ScriptRunner = redis.register_script(ENQUEUE_LUA)
+        self._keyspace = keyspace
+        self._ttl = str(idempotency_ttl_s).encode()
+        self._max_len = str(max_len).encode()
+
+    async def enqueue(self, messages: Sequence[QueuedMessage]) -> list[Accepted | Unavailable]:
+        """Accept a batch; each result is an :class:`Accepted` or, if that message's stream
+        is over its backlog cap, an :class:`Unavailable` (that message was not stored).
+
+        A Redis error (connection lost, failover) propagates: none of the failed
+        partition's messages can be assumed accepted, and a resend with the same
+        client_id is safe.
+        """
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for i, m in enumerate(messages):
+            by_partition[self._keyspace.for_chat(m.chat_id).partition].append(i)
+        results: list[Accepted | Unavailable | None] = [None] * len(messages)
+
+        async def run(p: int, idx: list[int]) -> None:
+            part = self._keyspace.partition(p)
+            batch = [messages[i] for i in idx]
+            for i, r in zip(idx, await self._run_partition(part, batch), strict=True):
+                results[i] = r
+
+        if len(by_partition) == 1:
+            ((p, idx),) = by_partition.items()
+            await run(p, idx)
+        else:
+            async with asyncio.TaskGroup() as tg:
+                for p, idx in by_partition.items():
+                    tg.create_task(run(p, idx))
+        return [r for r in results if r is not None]
+
+    async def _run_partition(
+        self, part: PartitionKeys, batch: Sequence[QueuedMessage]
+    ) -> list[Accepted | Unavailable]:
+        keys: list[str] = [part.seq, part.ts, part.live, part.bulk]
+        args: list[bytes | str | int] = [self._ttl, self._max_len, len(batch)]
+        for m in batch:
+            has_idem = m.client_id is not None
+            if m.client_id is not None:
+                keys.append(part.idempotency_key(m.sender_id, m.client_id))
+            args += [
+                m.chat_id,
+                _PRIO_CODE[m.priority],
+                b"1" if has_idem else b"0",
+                m.id,
+                encode_queued(m),
+            ]
+        replies = await self._script(keys=keys, args=args)
+        return [_parse_reply(m, r) for m, r in zip(batch, replies, strict=True)]
+
+
+def _parse_reply(message: QueuedMessage, reply: bytes) -> Accepted | Unavailable:
+    if reply == b"!":
+        return Unavailable("queue backlog is full, retry later", client_id=message.client_id)
+    duplicate = reply[:1] == b"="
+    if duplicate:
+        reply = reply[1:]
+    mid, seq, ts, prio = reply.split(b" ")
+    return Accepted(
+        id=mid.decode(),
+        chat_id=message.chat_id,
+        seq=int(seq),
+        ts=int(ts),
+        priority=_PRIO_NAME[prio],
+        duplicate=duplicate,
+    )
+
+
+class BatchingEnqueuer:
+    """Coalesces the enqueues requested in one event-loop tick into one batch.
+
+    Each caller awaits its own result; the first caller of a tick schedules the flush
+    with ``call_soon``, so a burst of frames read from many sockets in the same tick
+    costs one script call per partition instead of one per message. ``max_batch`` caps
+    the script's run time (Redis is single-threaded: a huge script delays every client).
+    """
+
+    def __init__(self, enqueuer: Enqueuer, *, max_batch: int = 512) -> None:
+        self._enqueuer = enqueuer
+        self._max_batch = max_batch
+        self._pending: list[tuple[QueuedMessage, asyncio.Future[Accepted]]] = []
+        self._scheduled = False
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def enqueue(self, message: QueuedMessage) -> Accepted:
+        """Accept one message; raises :class:`Unavailable` or the Redis error."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Accepted] = loop.create_future()
+        self._pending.append((message, fut))
+        if len(self._pending) >= self._max_batch:
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        task = asyncio.ensure_future(self._run(batch))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _run(self, batch: list[tuple[QueuedMessage, asyncio.Future[Accepted]]]) -> None:
+        try:
+            results = await self._enqueuer.enqueue([m for m, _ in batch])
+        except Exception as e:  # noqa: BLE001 - every waiter must hear about it
+            reason = f"queue unavailable: {type(e).__name__}"
+            for m, fut in batch:
+                if not fut.done():
+                    fut.set_exception(Unavailable(reason, client_id=m.client_id))
+            return
+        for (_, fut), r in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(r, Accepted):
+                fut.set_result(r)
+            else:
+                fut.set_exception(r)
+
+    async def drain(self) -> None:
+        """Wait for every in-flight batch (graceful shutdown)."""
+        self._flush()
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)

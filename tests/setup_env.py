@@ -1,0 +1,35 @@
+"""``make test`` step: install the system packages the tests drive (Chromium, its driver,
+JMeter) when they are missing, via apt-get as root. Idempotent and quiet when present."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+#: binary -> Debian package providing it
+NEEDED = {"chromium": "chromium", "chromedriver": "chromium-driver", "jmeter": "jmeter"}
+
+
+def main() -> int:
+    missing = sorted({pkg for binary, pkg in NEEDED.items() if shutil.which(binary) is None})
+    if not missing:
+        return 0
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"missing system packages: {' '.join(missing)} (install them with apt-get)")
+        return 1
+    print(f"installing {' '.join(missing)} with apt-get…", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)  # noqa: S607
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],  # noqa: S607
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
