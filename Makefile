@@ -57,3 +57,6 @@ clean: ## remove local data and build outputs (keeps .venv)
 
 -include infra/infra.mk
 -include loadtest/loadtest.mk
+
+docs: $(STAMP) ## regenerate docs/configuration.md from the Settings class
+	$(PY) -m chat.config --markdown > docs/configuration.md

@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from chat.config import Settings, load_settings
 from chat.localstack import EmbeddedMongo, EmbeddedRedis
 from chat.storage.sql import migrate, sync_url
@@ -35,7 +34,9 @@ UNIT = float(os.environ.get("TEST_TIME_SCALE", "1"))
 def _reachable(url: str, default_port: int) -> bool:
     parsed = urllib.parse.urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 2):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
@@ -135,7 +136,9 @@ async def redis(settings: Settings) -> AsyncIterator[Any]:
     try:
         yield client
     finally:
-        keys = [k async for k in client.scan_iter(match=settings.redis_key_prefix + "*", count=1000)]
+        keys = [
+            k async for k in client.scan_iter(match=settings.redis_key_prefix + "*", count=1000)
+        ]
         for i in range(0, len(keys), 500):
             await client.delete(*keys[i : i + 500])
         await client.aclose()

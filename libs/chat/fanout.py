@@ -25,6 +25,7 @@ Trade-offs (written down because they are the point of this module):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ import zmq
 import zmq.asyncio
 
 from chat.keys import KeySpace
+from chat.lifecycle import wait_stopped
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +102,8 @@ class Publisher:
             self._sock.connect(endpoint)
             log.info("fanout peer connected", extra={"endpoint": endpoint})
         for endpoint in sorted(self._peers - live):
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 self._sock.disconnect(endpoint)
-            except zmq.ZMQError:
-                pass
             log.info("fanout peer dropped", extra={"endpoint": endpoint})
         self._peers = live
 
@@ -114,10 +114,7 @@ class Publisher:
                 await self.refresh()
             except Exception:  # Redis blip: keep the peers we have
                 log.warning("fanout registry refresh failed", exc_info=True)
-            try:
-                await asyncio.wait_for(stop.wait(), REFRESH_S)
-            except TimeoutError:
-                pass
+            await wait_stopped(stop, REFRESH_S)
 
     def publish(self, chat_id: int, payload: bytes) -> None:
         """Queue one message for every subscribed gateway; never blocks."""
@@ -184,10 +181,7 @@ class Subscriber:
                     await self._registry.prune()
                 except Exception:
                     log.warning("fanout heartbeat failed", exc_info=True)
-                try:
-                    await asyncio.wait_for(stop.wait(), interval)
-                except TimeoutError:
-                    pass
+                await wait_stopped(stop, interval)
         finally:
             try:
                 await self._registry.withdraw(self.endpoint)

@@ -215,10 +215,12 @@ class LocalStack:
             proc = self.procs["gateway"]
             if proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {proc.returncode}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
-                    if resp.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(url, timeout=1) as resp,  # noqa: S310 - loopback
+            ):
+                if resp.status == 200:
+                    return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} not ready after {timeout}s")
             time.sleep(0.1)
@@ -279,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.migrate()
         stack.start_services()
         stack.wait_ready()
-        print(f"\nChat is running. Web client: {stack.gateway_url}/\n(Ctrl-C stops it)\n", flush=True)
+        print(
+            f"\nChat is running. Web client: {stack.gateway_url}/\n(Ctrl-C stops it)\n", flush=True
+        )
         while not stop.is_set():
             for name, proc in stack.procs.items():
                 if proc.poll() is not None:

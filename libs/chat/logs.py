@@ -15,6 +15,7 @@ import structlog
 
 from chat.config import Settings
 
+
 def configure(settings: Settings, service: str) -> None:
     """Set up logging once per process."""
     renderer: structlog.typing.Processor = (

@@ -127,13 +127,7 @@ class ReconnectFrame(msgspec.Struct, frozen=True, tag="reconnect", tag_field="ty
 
 
 ServerFrame = (
-    HelloFrame
-    | AckFrame
-    | MessageFrame
-    | HistoryReply
-    | ErrorFrame
-    | PongFrame
-    | ReconnectFrame
+    HelloFrame | AckFrame | MessageFrame | HistoryReply | ErrorFrame | PongFrame | ReconnectFrame
 )
 
 # --------------------------------------------------------------------------- queue entries
@@ -166,8 +160,8 @@ class QueuedEntry(msgspec.Struct, frozen=True):
 # --------------------------------------------------------------------------- codecs
 
 _json_encoder = msgspec.json.Encoder()
-_client_decoder = msgspec.json.Decoder(ClientFrame)
-_server_decoder = msgspec.json.Decoder(ServerFrame)
+_client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
+_server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
 _message_decoder = msgspec.json.Decoder(MessageFrame)
 _queued_encoder = msgspec.msgpack.Encoder()
 _queued_decoder = msgspec.msgpack.Decoder(QueuedMessage)

@@ -99,7 +99,10 @@ class ScriptRunner(Protocol):
     """``redis.commands.core.AsyncScript``: callable with keys and args."""
 
     async def __call__(
-        self, keys: Sequence[Any] | None = None, args: Sequence[Any] | None = None, client: Any = None
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Sequence[Any] | None = None,
+        client: Any = None,
     ) -> Any: ...
 
 
@@ -217,7 +220,7 @@ class BatchingEnqueuer:
     async def _run(self, batch: list[tuple[QueuedMessage, asyncio.Future[Accepted]]]) -> None:
         try:
             results = await self._enqueuer.enqueue([m for m, _ in batch])
-        except Exception as e:  # noqa: BLE001 - every waiter must hear about it
+        except Exception as e:
             reason = f"queue unavailable: {type(e).__name__}"
             for m, fut in batch:
                 if not fut.done():

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
-from redis.crc import key_slot
-
 from chat.config import Settings
 from chat.errors import Unavailable
 from chat.ids import new_message_id
 from chat.keys import KeySpace
 from chat.serialization import QueuedMessage, decode_queued
 from chat.streams import Accepted, BatchingEnqueuer, Enqueuer
+from redis.crc import key_slot
 
 
 def msg(chat_id: int, *, client_id: str | None = None, priority: str = "bulk") -> QueuedMessage:
@@ -52,7 +52,7 @@ async def test_seq_contiguous_and_ts_monotonic_under_concurrent_enqueuers(
     for chat in (1, 2, 3, 4, 5):
         mine = sorted((r for r in results if r.chat_id == chat), key=lambda r: r.seq)
         assert [r.seq for r in mine] == list(range(1, len(mine) + 1))
-        assert all(a.ts <= b.ts for a, b in zip(mine, mine[1:], strict=False))
+        assert all(a.ts <= b.ts for a, b in itertools.pairwise(mine))
 
 
 async def test_entries_carry_seq_ts_and_body(redis: Any, settings: Settings) -> None:
@@ -74,7 +74,7 @@ async def test_resend_with_same_client_id_returns_original_ack(
     """A resend with the same (sender, client_id) returns the first ack, stores nothing."""
     enq = make(redis, settings)
     first = (await enq.enqueue([msg(9, client_id="c-1")]))[0]
-    again = (await enq.enqueue([msg(9, client_id="c-1"), msg(9, client_id="c-2")]))
+    again = await enq.enqueue([msg(9, client_id="c-1"), msg(9, client_id="c-2")])
     assert isinstance(first, Accepted)
     assert isinstance(again[0], Accepted)
     assert again[0].duplicate
@@ -106,7 +106,7 @@ async def test_batching_enqueuer_coalesces_one_tick(redis: Any, settings: Settin
         calls += 1
         return await original(*args)
 
-    enq._run_partition = counting  # type: ignore[method-assign]
+    enq._run_partition = counting  # type: ignore[method-assign,assignment]
     batching = BatchingEnqueuer(enq)
     results = await asyncio.gather(*(batching.enqueue(msg(11)) for _ in range(50)))
     assert sorted(r.seq for r in results) == list(range(1, 51))

@@ -1,0 +1,1 @@
+"""One ComponentResource per tier; ``infra.program`` wires them together."""
