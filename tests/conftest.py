@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
 from chat.config import Settings, load_settings
 from chat.localstack import EmbeddedMongo, EmbeddedRedis
 from chat.storage.sql import migrate, sync_url

@@ -105,6 +105,22 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         20.0, gt=0, description="Drain deadline on SIGTERM; keep below ECS stopTimeout."
     )
+    reconnect_after_ms: int = Field(
+        1000, ge=0, description="Delay the gateway's `reconnect` frame asks clients to wait."
+    )
+    ws_heartbeat_s: float = Field(
+        30.0, gt=0, description="WebSocket ping interval; a peer silent for half of it is dropped."
+    )
+    membership_cache_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description="Lifetime of a cached member list (pub/sub invalidation usually ends it).",
+    )
+    bulk_signup_max: int = Field(
+        1000,
+        ge=0,
+        description="Accounts per POST /api/v1/auth/bulk-signup (load-test provisioning); 0 = off.",
+    )
 
     # --- fan-out -----------------------------------------------------------------------
     fanout_port: int = Field(
@@ -122,15 +138,36 @@ class Settings(BaseSettings):
     consumer_name: str = Field(
         "", description="Consumer name in the group; empty means hostname-pid."
     )
-    batch: int = Field(500, ge=1, description="Entries read per XREADGROUP per partition.")
+    batch: int = Field(
+        500, ge=1, description="Worker (bulk): entries read per XREADGROUP per partition."
+    )
     block_ms: int = Field(
-        1000, ge=1, description="XREADGROUP BLOCK; bounds shutdown latency of an idle consumer."
+        1000,
+        ge=1,
+        description="Worker (bulk): XREADGROUP BLOCK; bounds shutdown latency of an idle consumer.",
     )
     claim_idle_ms: int = Field(
-        30000, ge=100, description="Visibility timeout before another consumer reclaims."
+        30000,
+        ge=100,
+        description="Worker (bulk): visibility timeout before another consumer reclaims.",
+    )
+    live_batch: int = Field(
+        50, ge=1, description="Priority (live): entries per read; small keeps latency flat."
+    )
+    live_block_ms: int = Field(
+        150, ge=1, description="Priority (live): XREADGROUP BLOCK; bounds its shutdown latency."
+    )
+    live_claim_idle_ms: int = Field(
+        5000,
+        ge=100,
+        description="Priority (live): visibility timeout; a dead consumer's entries wait this.",
     )
     max_deliveries: int = Field(
         5, ge=1, description="Deliveries before an entry goes to the dead-letter stream."
+    )
+    health_host: str = Field(
+        "127.0.0.1",
+        description="Worker/priority health listen address (0.0.0.0 in a container to scrape).",
     )
     health_port: int = Field(
         8081, ge=0, le=65535, description="Worker/priority /healthz /readyz /metrics port."

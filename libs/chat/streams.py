@@ -198,6 +198,12 @@ class BatchingEnqueuer:
 
     async def enqueue(self, message: QueuedMessage) -> Accepted:
         """Accept one message; raises :class:`Unavailable` or the Redis error."""
+        return await self.submit(message)
+
+    def submit(self, message: QueuedMessage) -> asyncio.Future[Accepted]:
+        """:meth:`enqueue` without a coroutine: the returned future resolves to the
+        :class:`Accepted` or fails with :class:`Unavailable`. The gateway's hot path adds a
+        done-callback instead of creating a task per frame."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Accepted] = loop.create_future()
         self._pending.append((message, fut))
@@ -206,7 +212,7 @@ class BatchingEnqueuer:
         elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await fut
+        return fut
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -1,0 +1,1 @@
+"""The priority service: drains the live streams (latency-tuned consumer)."""

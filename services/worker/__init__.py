@@ -1,0 +1,1 @@
+"""The worker service: drains the bulk streams (throughput-tuned consumer)."""

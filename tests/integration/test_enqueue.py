@@ -7,13 +7,14 @@ import itertools
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
+
 from chat.config import Settings
 from chat.errors import Unavailable
 from chat.ids import new_message_id
 from chat.keys import KeySpace
 from chat.serialization import QueuedMessage, decode_queued
 from chat.streams import Accepted, BatchingEnqueuer, Enqueuer
-from redis.crc import key_slot
 
 
 def msg(chat_id: int, *, client_id: str | None = None, priority: str = "bulk") -> QueuedMessage:

@@ -1,0 +1,3 @@
+from priority.app import main
+
+main()

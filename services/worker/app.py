@@ -1,0 +1,26 @@
+"""``python -m worker``: the bulk class of the message pipeline.
+
+Throughput-tuned: large batches (BATCH, default 500) amortise the XREADGROUP, Mongo
+``insert_many`` and XACK round trips; a long block (BLOCK_MS, default 1000) keeps idle
+partitions cheap. The pipeline itself is :mod:`chat.consumer`, shared with priority.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from chat.config import Settings
+from chat.pipeline import ConsumerService, options_for
+from chat.service import run_service
+
+SERVICE = "worker"
+
+
+def build_consumer(settings: Settings) -> ConsumerService:
+    """The worker's consumer over the bulk streams (group ``worker``)."""
+    return ConsumerService(settings, options_for(settings, "bulk"), service=SERVICE)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run_service(SERVICE, build_consumer, argv, description=__doc__))
