@@ -66,7 +66,7 @@ def service_environment(
     settings: StackSettings, url: str
 ) -> dict[str, dict[str, pulumi.Input[str]]]:
     """Plain settings of single services."""
-    consumer = {"HEALTH_PORT": str(ports.HEALTH)}
+    consumer: dict[str, pulumi.Input[str]] = {"HEALTH_PORT": str(ports.HEALTH)}
     return {
         "gateway": {
             "GATEWAY_HOST": "0.0.0.0",  # noqa: S104 - the task's own ENI; the SG limits who reaches it
@@ -193,6 +193,9 @@ def export(settings: StackSettings, region: str, stack: Stack) -> None:
             "task_definition": compute.task_definition_arns["loadtest"],
             "tasks": settings.loadtest.desired,
             "subnets": stack.network.private_subnet_ids,
+            # Generators in public subnets (assignPublicIp, no inbound rule) reach the ALB
+            # without paying NAT data processing on the whole test's traffic.
+            "public_subnets": stack.network.public_subnet_ids,
             "security_group": stack.network.task_security_group_ids["loadtest"],
             "log_group": compute.log_group_names["loadtest"],
         },

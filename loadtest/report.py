@@ -42,12 +42,30 @@ def _pct(s: Second, key: str, p: float) -> float | None:
     return float(h.get_value_at_percentile(p)) / 1000
 
 
-def _column(series: Series, fn: Callable[[Second], float | None]) -> tuple[list[float], list[float | None]]:
+def pct(key: str, p: float) -> Callable[[Second], float | None]:
+    def get(s: Second) -> float | None:
+        return _pct(s, key, p)
+
+    return get
+
+
+def error_rate(code: str) -> Callable[[Second], float | None]:
+    def get(s: Second) -> float | None:
+        return float(s.errors.get(code, 0))
+
+    return get
+
+
+def _column(
+    series: Series, fn: Callable[[Second], float | None]
+) -> tuple[list[float], list[float | None]]:
     secs = sorted(series.seconds)
     return [float(s) for s in secs], [fn(series.seconds[s]) for s in secs]
 
 
-def _line(series: Series, name: str, fn: Callable[[Second], float | None], dashed: bool = False) -> Line:
+def _line(
+    series: Series, name: str, fn: Callable[[Second], float | None], dashed: bool = False
+) -> Line:
     xs, ys = _column(series, fn)
     return Line(name, xs, ys, dashed)
 
@@ -70,11 +88,11 @@ def generator_charts(series: Series) -> list[str]:
             line_chart(
                 f"{klass.capitalize()} latency percentiles (ms)",
                 [
-                    _line(series, "ack p50", lambda s, k=klass: _pct(s, f"{k}_ack", 50)),
-                    _line(series, "ack p99", lambda s, k=klass: _pct(s, f"{k}_ack", 99)),
-                    _line(series, "e2e p50", lambda s, k=klass: _pct(s, f"{k}_e2e", 50)),
-                    _line(series, "e2e p99", lambda s, k=klass: _pct(s, f"{k}_e2e", 99)),
-                    _line(series, "e2e p99.9", lambda s, k=klass: _pct(s, f"{k}_e2e", 99.9), True),
+                    _line(series, "ack p50", pct(f"{klass}_ack", 50)),
+                    _line(series, "ack p99", pct(f"{klass}_ack", 99)),
+                    _line(series, "e2e p50", pct(f"{klass}_e2e", 50)),
+                    _line(series, "e2e p99", pct(f"{klass}_e2e", 99)),
+                    _line(series, "e2e p99.9", pct(f"{klass}_e2e", 99.9), True),
                 ],
                 y_label="ms",
             )
@@ -94,7 +112,7 @@ def generator_charts(series: Series) -> list[str]:
         line_chart(
             "Errors per second",
             [_line(series, "all", lambda s: float(sum(s.errors.values())))]
-            + [_line(series, c, lambda s, c=c: float(s.errors.get(c, 0))) for c in codes[:5]],
+            + [_line(series, c, error_rate(c)) for c in codes[:5]],
             y_label="errors/s",
         )
     )
@@ -142,7 +160,11 @@ def cloudwatch_section(data: dict[str, Any]) -> dict[str, Any]:
         xs = [(p[0] - t0) / 1000 for p in points]
         ys: list[float | None] = [float(p[1]) for p in points]
         charts.append(
-            line_chart(metric["label"], [Line(metric.get("stat", ""), xs, ys)], y_label=metric.get("unit", ""))
+            line_chart(
+                metric["label"],
+                [Line(metric.get("stat", ""), xs, ys)],
+                y_label=metric.get("unit", ""),
+            )
         )
     return {"charts": charts, "errors": data.get("errors", []), "region": data.get("region", "")}
 

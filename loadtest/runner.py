@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from chat.cloudwatch import publish_live_latency
 from chat.config import Settings
 from chat.keys import KeySpace
 from loadtest import histograms
@@ -54,6 +55,8 @@ RESULTS = "results.json"
 #: keep every connection well below it.
 MAX_RATE_PER_CONNECTION = 150.0
 READY_TIMEOUT_S = 300.0
+#: How often the probes' latency goes to CloudWatch (LiveLatency) on AWS.
+PUBLISH_EVERY_S = 20
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,8 @@ class Run:
         self._out: Any = self._ctx.Queue()
         self._controls: list[Any] = []
         self._procs: list[Any] = []
+        self._live_ms: list[float] = []
+        self._cloudwatch: Any = None
 
     # ------------------------------------------------------------------ processes
 
@@ -327,14 +332,39 @@ class Run:
             return
         self.series.set_backlog(sec, self._backlog)
 
+    async def _publish_live_latency(self, sec: int, encoded: str) -> None:
+        """On AWS (CLOUDWATCH_NAMESPACE set): the probes' latency as the LiveLatency metric
+        the dashboard and alarms read, every PUBLISH_EVERY_S."""
+        namespace = self.settings.cloudwatch_namespace
+        if not namespace:
+            return
+        h = histograms.decode(encoded)
+        for item in h.get_recorded_iterator():
+            self._live_ms += [item.value_iterated_to / 1000] * item.count_added_in_this_iter_step
+        if sec % PUBLISH_EVERY_S or not self._live_ms:
+            return
+        samples, self._live_ms = self._live_ms, []
+        try:
+            if self._cloudwatch is None:
+                import boto3
+
+                self._cloudwatch = boto3.client("cloudwatch", region_name=self.settings.aws_region)
+            await asyncio.to_thread(
+                publish_live_latency, self._cloudwatch, namespace, "loadtest", samples
+            )
+        except Exception as e:  # metrics are a side channel: never stop the run for them
+            log.warning("live latency publish failed: %s", e)
+
     # ------------------------------------------------------------------ main loop
 
     async def _tick(self, sec: int, progress: Progress) -> None:
         schedule = self.cfg.schedule
         self.series.set_target(sec, schedule.rate_at(sec + 0.5))
         if self.probes is not None:
-            self.series.add_stats("live", sec, self.probes.tracker.take_second())
+            stats = self.probes.tracker.take_second()
+            self.series.add_stats("live", sec, stats)
             self.probes.tracker.sweep(time.time_ns())
+            await self._publish_live_latency(sec, stats["e2e"])
         await self._sample_backlog(sec)
         extra = {"run_id": self.cfg.run_id, "backlog": self._backlog or "-"}
         progress.update(self.series, sec, schedule.phase(sec), extra)
@@ -454,6 +484,7 @@ class Run:
 
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / RESULTS
     path.write_bytes(msgspec.json.encode(results))
     return path

@@ -73,7 +73,10 @@ def line_chart(
         f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" class="title">{escape(title)}</text>'
     )
     if not xs or not ys:
-        return head + f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data</text></svg>'
+        return (
+            head
+            + f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data</text></svg>'
+        )
     x_ticks = nice_ticks(min(xs), max(xs))
     y_ticks = nice_ticks(min(0.0, min(ys)), max(ys))
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
@@ -83,13 +86,18 @@ def line_chart(
     out = [head]
     for t in y_ticks:
         py = TOP + plot_h - (t - y0) * sy
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{py:.1f}" y2="{py:.1f}" class="grid"/>')
+        out.append(
+            f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{py:.1f}" y2="{py:.1f}" class="grid"/>'
+        )
         out.append(f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
     for t in x_ticks:
         px = LEFT + (t - x0) * sx
-        out.append(f'<text x="{px:.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{_fmt(t)}</text>')
+        out.append(
+            f'<text x="{px:.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{_fmt(t)}</text>'
+        )
     out.append(
-        f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 4}" text-anchor="middle">{escape(x_label)}</text>'
+        f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 4}" text-anchor="middle">'
+        f"{escape(x_label)}</text>"
         f'<text x="14" y="{TOP + plot_h / 2}" text-anchor="middle" '
         f'transform="rotate(-90 14 {TOP + plot_h / 2})">{escape(y_label)}</text>'
         f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" class="frame"/>'

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def source_for(run_dir: Path, jtl_path: Path | None) -> RecordSource:
+    run_dir.mkdir(parents=True, exist_ok=True)  # verify.json and the spill files go there
     if jtl_path is not None:
         path = jtl_path
         return RecordSource(jtl.chat_ids(path), lambda: jtl.records(path), f"jmeter:{path}")

@@ -169,9 +169,7 @@ class LoadWorker:
         http = self.cfg.transport == "http"
         while not self._abort:
             t = time.monotonic() - t0_mono
-            if t >= schedule.duration_s:
-                break
-            due = int(schedule.due(t)) - self._issued
+            due = int(schedule.due(t)) - self._issued  # due() stops growing at the end
             n = min(due, self.cfg.max_burst)
             for _ in range(n):
                 if http:
@@ -179,7 +177,9 @@ class LoadWorker:
                 else:
                     await self._send_ws()
             behind = due - n
-            rate = schedule.rate_at(t)
+            if t >= schedule.duration_s and behind <= 0:
+                break
+            rate = schedule.rate_at(t) or schedule.rate
             self._lag_ms = max(self._lag_ms, behind / rate * 1000 if rate > 0 else 0.0)
             await asyncio.sleep(TICK_S)
 

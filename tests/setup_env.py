@@ -10,10 +10,13 @@ import sys
 
 #: binary -> Debian package providing it
 NEEDED = {"chromium": "chromium", "chromedriver": "chromium-driver", "jmeter": "jmeter"}
+#: file -> Debian package providing it (JMeter's HTTP sampler is a separate package)
+NEEDED_FILES = {"/usr/share/jmeter/lib/ext/ApacheJMeter_http.jar": "jmeter-http"}
 
 
 def main() -> int:
     missing = sorted({pkg for binary, pkg in NEEDED.items() if shutil.which(binary) is None})
+    missing += sorted({pkg for path, pkg in NEEDED_FILES.items() if not os.path.exists(path)})
     if not missing:
         return 0
     if os.geteuid() != 0 or shutil.which("apt-get") is None:

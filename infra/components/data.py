@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import pulumi
 import pulumi_aws as aws
@@ -32,6 +33,17 @@ from infra.settings import DocumentDbSettings, MysqlSettings, RedisSettings
 CA_BUNDLE = "/etc/ssl/certs/chat-ca-bundle.pem"
 DB_USER = "chat"
 SQL_DATABASE = "chat"
+
+
+class _MysqlCommon(TypedDict):
+    engine: str
+    parameter_group_name: pulumi.Input[str]
+    vpc_security_group_ids: list[pulumi.Input[str]]
+    publicly_accessible: bool
+    storage_encrypted: bool
+    kms_key_id: pulumi.Input[str]
+    auto_minor_version_upgrade: bool
+    apply_immediately: bool
 
 
 @dataclass(frozen=True)
@@ -315,16 +327,6 @@ class Data(pulumi.ComponentResource):
         subnets = aws.rds.SubnetGroup(
             f"{name}-mysql", subnet_ids=list(self._args.private_subnet_ids), opts=child
         )
-        common = {
-            "engine": "mysql",
-            "parameter_group_name": params.name,
-            "vpc_security_group_ids": [self._args.security_group_ids["mysql"]],
-            "publicly_accessible": False,
-            "storage_encrypted": True,
-            "kms_key_id": self._key.arn,
-            "auto_minor_version_upgrade": True,
-            "apply_immediately": True,
-        }
         primary = aws.rds.Instance(
             f"{name}-mysql",
             engine_version=s.engine_version,
@@ -342,8 +344,8 @@ class Data(pulumi.ComponentResource):
             skip_final_snapshot=not self._args.protect,
             final_snapshot_identifier=f"{name}-mysql-final" if self._args.protect else None,
             copy_tags_to_snapshot=True,
+            **self._mysql_common(params.name),
             opts=child,
-            **common,  # type: ignore[arg-type]
         )
         self.mysql_ids = [primary.identifier]
         for i in range(s.read_replicas):
@@ -352,8 +354,8 @@ class Data(pulumi.ComponentResource):
                 replicate_source_db=primary.identifier,
                 instance_class=s.replica_instance_class or s.instance_class,
                 skip_final_snapshot=True,
+                **self._mysql_common(params.name),
                 opts=child,
-                **common,  # type: ignore[arg-type]
             )
             self.mysql_ids.append(replica.identifier)
         # aiomysql gets an SSLContext from ssl_ca (the SQL engine builds it, see
@@ -368,6 +370,19 @@ class Data(pulumi.ComponentResource):
             CA_BUNDLE,
         )
         self.secret_arns["SQL_URL"] = self._secret("SQL_URL", url)
+
+    def _mysql_common(self, parameter_group: pulumi.Output[str]) -> _MysqlCommon:
+        """What the primary and every replica share: privacy, encryption, parameters."""
+        return {
+            "engine": "mysql",
+            "parameter_group_name": parameter_group,
+            "vpc_security_group_ids": [self._args.security_group_ids["mysql"]],
+            "publicly_accessible": False,
+            "storage_encrypted": True,
+            "kms_key_id": self._key.arn,
+            "auto_minor_version_upgrade": True,
+            "apply_immediately": True,
+        }
 
     # --- S3 ----------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ def subnet_cidrs(vpc_cidr: str, az_count: int) -> tuple[list[str], list[str]]:
     plus a deployment's surge of as many again); public subnets hold only ALB and NAT
     interfaces.
     """
-    vpc = ipaddress.ip_network(vpc_cidr)
+    vpc = ipaddress.IPv4Network(vpc_cidr)
     eighths = list(vpc.subnets(prefixlen_diff=3))
     private = [str(net) for net in eighths[:az_count]]
     public = [str(net) for net in list(eighths[-1].subnets(prefixlen_diff=3))[:az_count]]

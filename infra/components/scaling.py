@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
-
 from pulumi_aws.appautoscaling import (
     PolicyTargetTrackingScalingPolicyConfigurationArgs as _Tracking,
 )
@@ -27,7 +26,7 @@ from pulumi_aws.appautoscaling import (
     PolicyTargetTrackingScalingPolicyConfigurationCustomizedMetricSpecificationArgs as _Spec,
 )
 from pulumi_aws.appautoscaling import (
-    PolicyTargetTrackingScalingPolicyConfigurationCustomizedMetricSpecificationMetricArgs as _Query,  # noqa: E501
+    PolicyTargetTrackingScalingPolicyConfigurationCustomizedMetricSpecificationMetricArgs as _Query,
 )
 from pulumi_aws.appautoscaling import (
     PolicyTargetTrackingScalingPolicyConfigurationCustomizedMetricSpecificationMetricMetricStatArgs as _Stat,  # noqa: E501

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
-import yaml
+import yaml  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError
 
 from infra.settings import IMAGES, PROJECT

@@ -27,7 +27,11 @@ REDACTED = "**********"
 class Settings(BaseSettings):
     """Everything a gateway, worker or priority process can be told."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+    # env_ignore_empty: `make` exports every settings variable, empty when unset
+    # (Makefile `export $(SETTINGS)`); an empty value means "default", as in load_settings.
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     # --- data stores -------------------------------------------------------------------
     redis_url: SecretStr = Field(

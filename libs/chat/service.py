@@ -1,18 +1,15 @@
-"""The runner every long-running consumer service (worker, priority) starts through.
+"""The runner of the long-running consumer services (worker, priority).
 
-``run_service(name, build, argv)`` is the whole ``main()`` of a service:
+:func:`chat.entrypoint.run_service` parses the command line (``--help``, ``--check``)
+and reads the settings; :func:`run` is the rest of a service's life:
 
-* argparse (``--help``), settings read once (a bad one exits 2 naming the variable),
-  logging configured;
-* ``--check``: the container health check. Reads the heartbeat file and exits 0 if it is
-  fresh and says healthy, else 1. It needs no database: it judges the process by the
-  data the process wrote (CONVENTIONS 14);
-* otherwise: SIGTERM/SIGINT set one stop event (a second signal cancels at once), the
-  health app serves ``/healthz`` (process alive), ``/readyz`` (every dependency probe
+* logging configured; SIGTERM/SIGINT set one stop event (a second signal cancels at once);
+* the health app serves ``/healthz`` (process alive), ``/readyz`` (every dependency probe
   passes and the service is not stuck; 503 while draining) and ``/metrics`` on
-  ``HEALTH_HOST:HEALTH_PORT``, a heartbeat file with counters is rewritten every
-  ``HEARTBEAT_INTERVAL_S`` under ``LOCAL_DIR``, and the service's supervised parts run in
-  one task group.
+  ``HEALTH_HOST:HEALTH_PORT``;
+* a heartbeat file with counters (:mod:`chat.heartbeat`) is rewritten every few seconds
+  under ``LOCAL_DIR``: ``--check`` reads it;
+* the service's supervised parts and the heartbeat run in one task group.
 
 Shutdown order (CONVENTIONS 7): stop taking work (readiness turns 503 as soon as the stop
 event is set), let each part finish what it holds up to ``SHUTDOWN_TIMEOUT_S`` (keep it
@@ -23,34 +20,24 @@ so that its supervisor restarts it: work it held is still pending in Redis.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from chat import logs, metrics
-from chat.config import Settings, load_settings
-from chat.errors import ConfigError
-from chat.lifecycle import wait_stopped
+from chat.config import Settings
+from chat.heartbeat import Heartbeat, heartbeat_path
 
 log = logging.getLogger(__name__)
 
-#: How often the heartbeat file is rewritten.
-HEARTBEAT_INTERVAL_S = 2.0
-#: A heartbeat older than this fails ``--check``: several missed writes, so one slow disk
-#: write or GC pause never restarts a healthy task.
-HEARTBEAT_STALE_S = 15.0
 #: Each readiness probe gets this long; a slower dependency counts as unreachable.
 PROBE_TIMEOUT_S = 2.0
 
@@ -158,65 +145,6 @@ def create_health_app(name: str, host: Host, stop: asyncio.Event) -> web.Applica
     return app
 
 
-# --------------------------------------------------------------------------- heartbeat
-
-
-def heartbeat_path(settings: Settings, name: str) -> Path:
-    return Path(settings.local_dir) / f"{name}.heartbeat.json"
-
-
-class Heartbeat:
-    """Writes ``{time, pid, state, healthy, health_port, counters}`` atomically."""
-
-    def __init__(self, path: Path, name: str, host: Host, health_port: int) -> None:
-        self.path = path
-        self._name = name
-        self._host = host
-        self._port = health_port
-
-    def write(self, state: str) -> None:
-        data = {
-            "service": self._name,
-            "pid": os.getpid(),
-            "time": time.time(),
-            "state": state,
-            "healthy": state != "stopped" and self._host.healthy(),
-            "health_port": self._port,
-            "counters": dict(self._host.counters()),
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self.path)  # atomic: --check never reads half a file
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while True:
-            try:
-                self.write("draining" if stop.is_set() else "running")
-            except OSError:
-                log.warning("heartbeat write failed", extra={"path": str(self.path)})
-            if await wait_stopped(stop, HEARTBEAT_INTERVAL_S):
-                return
-
-
-def check(settings: Settings, name: str, *, now: float | None = None) -> tuple[bool, str]:
-    """The ``--check`` verdict from the heartbeat file, with a reason."""
-    path = heartbeat_path(settings, name)
-    try:
-        data = json.loads(path.read_text())
-        age = (time.time() if now is None else now) - float(data["time"])
-        state, healthy = str(data["state"]), bool(data["healthy"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return False, f"no readable heartbeat at {path}: {type(e).__name__}"
-    if age > HEARTBEAT_STALE_S:
-        return False, f"heartbeat is {age:.1f}s old (limit {HEARTBEAT_STALE_S}s)"
-    if state == "stopped":
-        return False, "service stopped"
-    if not healthy:
-        return False, "service reports it is stuck"
-    return True, f"{state}, heartbeat {age:.1f}s old"
-
-
 # --------------------------------------------------------------------------- supervision
 
 
@@ -268,7 +196,13 @@ async def serve(name: str, host: Host, settings: Settings, stop: asyncio.Event) 
         site = web.TCPSite(runner, settings.health_host, settings.health_port)
         await site.start()
         port = _bound_port(runner)
-        heartbeat = Heartbeat(heartbeat_path(settings, name), name, host, port)
+        heartbeat = Heartbeat(
+            heartbeat_path(settings.local_dir, name),
+            name,
+            healthy=host.healthy,
+            counters=host.counters,
+            health_port=port,
+        )
         log.info("service started", extra={"health_port": port, "pid": os.getpid()})
         beat = Supervised("heartbeat", heartbeat.run)
         await supervise(parts, stop, drain_timeout=settings.shutdown_timeout_s, extra=[beat])
@@ -325,40 +259,15 @@ async def _amain(name: str, build: Callable[[Settings], Host], settings: Setting
         return 1
 
 
-def _run(coro: Awaitable[int]) -> int:
+def run(name: str, build: Callable[[Settings], Host], settings: Settings) -> int:
+    """Configure logging and serve the service built by ``build`` until a signal."""
+    logs.configure(settings, name)
+    coro = _amain(name, build, settings)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    return uvloop.run(coro)  # type: ignore[arg-type,no-any-return]
-
-
-def run_service(
-    name: str,
-    build: Callable[[Settings], Host],
-    argv: Sequence[str] | None = None,
-    *,
-    description: str | None = None,
-) -> int:
-    """The ``main()`` of a consumer service; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=description)
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="health check: exit 0 if the running service's heartbeat is fresh and healthy",
-    )
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as e:
-        print(f"{name}: {e}", file=sys.stderr)
-        return 2
-    if args.check:
-        ok, reason = check(settings, name)
-        print(f"{name}: {'healthy' if ok else 'unhealthy'}: {reason}")
-        return 0 if ok else 1
-    logs.configure(settings, name)
-    return _run(_amain(name, build, settings))
+        return asyncio.run(coro)
+    return int(uvloop.run(coro))
 
 
 def counters_of(stats: Any) -> dict[str, int]:

@@ -187,6 +187,12 @@ class BatchingEnqueuer:
     with ``call_soon``, so a burst of frames read from many sockets in the same tick
     costs one script call per partition instead of one per message. ``max_batch`` caps
     the script's run time (Redis is single-threaded: a huge script delays every client).
+
+    Batches run one after the other, in submission order: concurrent batches could reach
+    Redis out of order over different pooled connections, and a client's pipelined sends
+    to one chat would get their seqs shuffled. While a batch is in flight the next one
+    accumulates, so the batch size grows with the load instead of the number of round
+    trips.
     """
 
     def __init__(self, enqueuer: Enqueuer, *, max_batch: int = 512) -> None:
@@ -195,6 +201,7 @@ class BatchingEnqueuer:
         self._pending: list[tuple[QueuedMessage, asyncio.Future[Accepted]]] = []
         self._scheduled = False
         self._inflight: set[asyncio.Task[None]] = set()
+        self._tail: asyncio.Task[None] | None = None
 
     async def enqueue(self, message: QueuedMessage) -> Accepted:
         """Accept one message; raises :class:`Unavailable` or the Redis error."""
@@ -219,11 +226,18 @@ class BatchingEnqueuer:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        task = asyncio.ensure_future(self._run(batch))
+        task = asyncio.ensure_future(self._run(batch, self._tail))
+        self._tail = task
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    async def _run(self, batch: list[tuple[QueuedMessage, asyncio.Future[Accepted]]]) -> None:
+    async def _run(
+        self,
+        batch: list[tuple[QueuedMessage, asyncio.Future[Accepted]]],
+        after: asyncio.Task[None] | None = None,
+    ) -> None:
+        if after is not None and not after.done():
+            await asyncio.wait([after])  # keeps submission order; never raises
         try:
             results = await self._enqueuer.enqueue([m for m, _ in batch])
         except Exception as e:

@@ -269,19 +269,23 @@ async def serve(settings: Settings) -> None:
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.gateway_host, settings.gateway_port, reuse_address=True, backlog=2048
-    )
-    await site.start()
-    log.info("gateway listening", extra={"url": site.name})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("gateway stopping")
-    app[appkeys.LIFECYCLE].stopping = True
-    await runner.cleanup()
+    try:
+        site = web.TCPSite(
+            runner, settings.gateway_host, settings.gateway_port, reuse_address=True, backlog=2048
+        )
+        await site.start()
+        log.info("gateway listening", extra={"url": site.name})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("gateway stopping")
+        app[appkeys.LIFECYCLE].stopping = True
+    finally:
+        # Also after a failed bind: the ZeroMQ socket must close or the process hangs
+        # at exit waiting for it.
+        await runner.cleanup()
     log.info("gateway stopped")
 
 

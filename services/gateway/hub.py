@@ -36,6 +36,13 @@ from gateway.auth import Principal
 
 log = logging.getLogger(__name__)
 
+#: A close handshake may take this long; then the transport is closed under it (a peer
+#: that does not read would otherwise hold the close forever).
+CLOSE_TIMEOUT_S = 5.0
+#: After aborting a slow reader, its socket gets this long to take the bytes already
+#: buffered (ending with the 1013 close frame) before it is reset.
+ABORT_GRACE_S = 5.0
+
 #: Close code of a session that ended normally (the client left).
 WS_CLOSE_NORMAL = 1000
 
@@ -63,6 +70,7 @@ class Connection:
         "_closing",
         "_queue",
         "_room",
+        "_transport",
         "_wakeup",
         "_writer",
         "chats",
@@ -75,9 +83,15 @@ class Connection:
     )
 
     def __init__(
-        self, ws: web.WebSocketResponse, principal: Principal, conn_id: str, capacity: int
+        self,
+        ws: web.WebSocketResponse,
+        principal: Principal,
+        conn_id: str,
+        capacity: int,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
+        self._transport = transport
         self.principal = principal
         self.conn_id = conn_id
         self.chats: set[int] = set()
@@ -171,7 +185,9 @@ class Connection:
         if not was_closing:
             self.close_code, self.close_reason = code, reason
         if self._closer is None:
-            self._closer = asyncio.ensure_future(self._close_socket())
+            self._closer = asyncio.ensure_future(self._close_socket(timeout=1.0))
+            if self._transport is not None:
+                asyncio.get_running_loop().call_later(ABORT_GRACE_S, self._transport.abort)
 
     async def finish(self, timeout: float) -> None:  # noqa: ASYNC109 - a deadline for two tasks
         """The session is over: let the writer flush and close (up to ``timeout``), then
@@ -210,10 +226,13 @@ class Connection:
             return
         await self._close_socket()
 
-    async def _close_socket(self) -> None:
+    async def _close_socket(self, timeout: float = CLOSE_TIMEOUT_S) -> None:  # noqa: ASYNC109
+        """Send the close frame and wait for the peer's; on timeout aiohttp closes the
+        transport (which still flushes what is buffered, close frame included)."""
         code = self.close_code or WS_CLOSE_RESTART
-        with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
-            await self.ws.close(code=code, message=self.close_reason.encode()[:120])
+        with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.ws.close(code=code, message=self.close_reason.encode()[:120])
 
 
 class Hub:

@@ -54,7 +54,7 @@ KEY = Param(
     "Attachment key `<user_id>/<uuid>`, as returned by POST /api/v1/attachments.",
     required=True,
 )
-SEQ = {"type": "integer", "minimum": 0}
+SEQ = {"type": "integer", "minimum": 0, "maximum": 2**53}
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
 HTML = {"text/html": {"schema": {"type": "string"}}}
 

@@ -20,14 +20,20 @@ import msgspec
 from chat.errors import BadRequest
 from chat.serialization import (
     MAX_ATTACHMENTS,
-    AttachmentKey,
     ClientId,
     MessageFrame,
     Priority,
 )
+from chat.storage.attachments import MAX_ATTACHMENT_BYTES
 from chat.storage.sql import UserKind
 
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+#: Explicit whitespace class: JSON Schema (ECMA) and Python disagree on what backslash-s
+#: covers, and the OpenAPI document must accept exactly what the server accepts.
+Email = Annotated[
+    str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@ \t\r\n]+@[^@ \t\r\n]+$")
+]
+#: ``<user_id>/<uuid>`` as handed out by POST /api/v1/attachments (chat.storage.attachments).
+AttachmentKey = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+/[0-9a-f-]{36}$")]
 #: argon2 hashes any length; the cap keeps a request from buying seconds of CPU.
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 LoginPassword = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -175,7 +181,7 @@ class UploadRequest(msgspec.Struct, frozen=True):
         str,
         msgspec.Meta(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.+-]+/[A-Za-z0-9_.+-]+$"),
     ]
-    size: Annotated[int, msgspec.Meta(ge=1)]
+    size: Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTACHMENT_BYTES)]
 
 
 class UploadSlot(msgspec.Struct, frozen=True):

@@ -118,18 +118,25 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise BadRequest("WebSocket upgrade required")
     await ws.prepare(request)
-    await Session(app, ws, who).run()
+    await Session(app, ws, who, request.transport).run()
     return ws
 
 
 class Session:
     """One client connection speaking protocol v1."""
 
-    def __init__(self, app: web.Application, ws: web.WebSocketResponse, who: Principal) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        ws: web.WebSocketResponse,
+        who: Principal,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         settings = app[appkeys.SETTINGS]
         self.app = app
         self.who = who
-        self.conn = Connection(ws, who, f"{_PROCESS_TAG}-{next(_conn_ids)}", settings.ws_send_queue)
+        conn_id = f"{_PROCESS_TAG}-{next(_conn_ids)}"
+        self.conn = Connection(ws, who, conn_id, settings.ws_send_queue, transport)
         self._gate = FloodGate(settings.ws_flood_per_s)
         self._hub = app[appkeys.HUB]
         self._sender = app[appkeys.SENDER]

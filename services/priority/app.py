@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from chat.config import Settings
-from chat.pipeline import ConsumerService, options_for
-from chat.service import run_service
+from chat.entrypoint import run_service
+
+if TYPE_CHECKING:
+    from chat.config import Settings
+    from chat.pipeline import ConsumerService
 
 SERVICE = "priority"
 
 
 def build_consumer(settings: Settings) -> ConsumerService:
     """The priority consumer over the live streams (group ``priority``)."""
+    # Imported here, not at the top: `--check` (the container health check) imports this
+    # module too and must not pay for the drivers.
+    from chat.pipeline import ConsumerService, options_for
+
     return ConsumerService(settings, options_for(settings, "live"), service=SERVICE)
 
 

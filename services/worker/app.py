@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from chat.config import Settings
-from chat.pipeline import ConsumerService, options_for
-from chat.service import run_service
+from chat.entrypoint import run_service
+
+if TYPE_CHECKING:
+    from chat.config import Settings
+    from chat.pipeline import ConsumerService
 
 SERVICE = "worker"
 
 
 def build_consumer(settings: Settings) -> ConsumerService:
     """The worker's consumer over the bulk streams (group ``worker``)."""
+    # Imported here, not at the top: `--check` (the container health check) imports this
+    # module too and must not pay for the drivers.
+    from chat.pipeline import ConsumerService, options_for
+
     return ConsumerService(settings, options_for(settings, "bulk"), service=SERVICE)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ _CACHE: dict[Path, Deployment] = {}
 
 
 @pytest.fixture(params=STACK_FILES, ids=[stack_name(p) for p in STACK_FILES])
-def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+def deployment(request: pytest.FixtureRequest) -> Deployment:
     """The program's resources for each ``Pulumi.<stack>.yaml`` of the repository.
 
     Each stack runs once per session (a run takes about a second under the mocks).

@@ -10,12 +10,13 @@ look for a password anywhere it must not be.
 from __future__ import annotations
 
 import json
+import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
+import yaml  # type: ignore[import-untyped]
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 
@@ -174,7 +175,7 @@ class ChatMocks(pulumi.runtime.Mocks):
 
 
 def run_program(path: Path) -> Deployment:
-    """Run ``infra.program.main`` for one stack file; return what it registered."""
+    """Run the program as Pulumi does for one stack file; return what it registered."""
     stack = stack_name(path)
     mocks = ChatMocks()
     monitor = MockMonitor(mocks)
@@ -184,9 +185,10 @@ def run_program(path: Path) -> Deployment:
     pulumi.runtime.set_all_config(config)
     settings = program.read_settings()
 
-    @pulumi.runtime.test  # type: ignore[misc]
+    @pulumi.runtime.test  # type: ignore[untyped-decorator,misc]
     def deploy() -> None:
-        program.main()
+        # Exactly what `pulumi up` runs for `main: infra/` (infra/__main__.py).
+        runpy.run_path(str(ROOT / "infra"), run_name="__main__")
 
     deploy()
     deployment = Deployment(stack=stack, settings=settings)

@@ -15,7 +15,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,7 +112,7 @@ def run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
 
 
 @pytest.fixture(scope="module")
-def image_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Python of a fresh venv holding the locked runtime requirements and the wheel."""
     tmp = tmp_path_factory.mktemp("image")
     context = tmp / "context"

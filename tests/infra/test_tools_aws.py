@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 from moto import mock_aws
-from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
 
 from infra.settings import IMAGES
@@ -20,6 +19,8 @@ if TYPE_CHECKING:
     from mypy_boto3_ecs.client import ECSClient
 
 REGION = "us-east-1"
+#: The account moto plays (moto.core.DEFAULT_ACCOUNT_ID).
+DEFAULT_ACCOUNT_ID = "123456789012"
 CLUSTER = "chat-test-cluster"
 
 

@@ -23,7 +23,6 @@ from chat.pipeline import ConsumerService
 from chat.serialization import MessageFrame, Priority, QueuedMessage, decode_message_frame
 from chat.storage.sql import Directory
 from chat.streams import Accepted, Enqueuer
-
 from tests.conftest import UNIT
 
 PROBE = b'{"probe":true}'
@@ -32,12 +31,12 @@ PROBE = b'{"probe":true}'
 async def wait_until(
     predicate: Callable[[], Awaitable[bool] | bool],
     *,
-    timeout: float = 15 * UNIT,
+    within: float = 15 * UNIT,
     interval: float = 0.05,
     what: str = "condition",
 ) -> None:
-    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``within`` s."""
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if inspect.isawaitable(result):
@@ -45,7 +44,7 @@ async def wait_until(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)
 
 

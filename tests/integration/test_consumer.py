@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
+from prometheus_client import REGISTRY
+
 from chat.config import Settings
 from chat.ids import new_message_id
 from chat.pipeline import ConsumerService, options_for
@@ -21,8 +22,6 @@ from chat.storage.attachments import LocalAttachments
 from chat.storage.mongo import InsertOutcome, MessageStore, NewMessage, attachment_url
 from chat.storage.sql import Directory
 from chat.timestamps import datetime_to_ms
-from prometheus_client import REGISTRY
-
 from tests.conftest import UNIT
 from tests.integration.pipeline_support import (
     Inbox,
@@ -176,7 +175,7 @@ async def test_malformed_entries_are_dead_lettered_and_counted(
     service = worker(tuned(settings))
     async with running(service):
         await wait_until(lambda: _equals(unacked(redis, settings), 0), what="all acked")
-        await wait_until(lambda: doc_count(message_store), what="the good message")
+        await wait_until(lambda: _equals(doc_count(message_store), 1), what="the good message")
     dead = await dead_letters(redis, settings)
     assert sorted(d[b"src"] for d in dead) == sorted([bad_body, no_seq])
     assert all(d[b"reason"].startswith(b"malformed:") for d in dead)
@@ -250,9 +249,7 @@ async def test_mongo_outage_keeps_entries_pending_until_it_is_back(
     target = urllib.parse.urlparse(settings.mongo_url.get_secret_value())
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 27017)
     await proxy.start()
-    proxied = tuned(
-        settings, mongo_url=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true"
-    )
+    proxied = tuned(settings, mongo_url=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true")
     service = worker(proxied)
     retries_before = metric("chat_store_retries_total", store="mongo")
     try:

@@ -7,6 +7,7 @@ environment, exactly as `make run` and the container pass them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -17,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from chat.config import Settings
-from chat.service import HEARTBEAT_STALE_S, check
+from chat.heartbeat import HEARTBEAT_STALE_S, check
 from chat.storage.mongo import MessageStore
 from chat.storage.sql import Directory
 from chat.timestamps import datetime_to_ms
-
 from tests.conftest import UNIT
 from tests.integration.pipeline_support import (
     enqueue,
@@ -116,14 +117,14 @@ async def test_killed_worker_entries_are_reclaimed_nothing_lost_or_duplicated(
     non-decreasing ts."""
     (sender,) = await make_users(directory, "Hal")
     chats = (21, 22, 23, 24, 25, 26)
-    accepted = await enqueue(redis, settings, [queued(c, sender) for c in chats * 400])
+    accepted = await enqueue(redis, settings, [queued(c, sender) for c in chats * 300])
     first_env = service_env(settings, tmp_path / "a", BATCH="5", CONSUMER_NAME="doomed")
     first = await start_worker(first_env, tmp_path / "a.log")
     try:
         await wait_until(
-            lambda: _at_least(message_store.collection.count_documents({}), 100),
-            timeout=30 * UNIT,
-            what="the first worker to store 100 messages",
+            lambda: _at_most(unacked(redis, settings), len(accepted) - 100),
+            within=30 * UNIT,
+            what="the first worker to store and ack 100 messages",
         )
         first.send_signal(signal.SIGKILL)
         await first.wait()
@@ -139,7 +140,7 @@ async def test_killed_worker_entries_are_reclaimed_nothing_lost_or_duplicated(
     try:
         await wait_until(
             lambda: _equals(unacked(redis, settings), 0),
-            timeout=60 * UNIT,
+            within=60 * UNIT,
             what="the second worker to drain the streams",
         )
         await wait_until(
@@ -157,8 +158,8 @@ async def test_killed_worker_entries_are_reclaimed_nothing_lost_or_duplicated(
         by_chat[d["chat_id"]].append((d["seq"], datetime_to_ms(d["ts"])))
     for chat in chats:
         rows = sorted(by_chat[chat])
-        assert [seq for seq, _ in rows] == list(range(1, 401))
-        assert all(a[1] <= b[1] for a, b in zip(rows, rows[1:], strict=False))
+        assert [seq for seq, _ in rows] == list(range(1, 301))
+        assert all(a[1] <= b[1] for a, b in itertools.pairwise(rows))
 
 
 async def test_sigterm_finishes_the_batch_in_hand_and_check_follows_state(
@@ -172,12 +173,13 @@ async def test_sigterm_finishes_the_batch_in_hand_and_check_follows_state(
     finishes and acks the batch it holds, exits 0 with a summary, and --check turns 1."""
     (sender,) = await make_users(directory, "Ivy")
     local = tmp_path / "w"
-    env = service_env(settings, local, BATCH="10", CONSUMER_NAME="graceful")
+    env = service_env(settings, local, BATCH="5", CONSUMER_NAME="graceful")
     assert await run_check(env) == 1  # no heartbeat yet
-    await enqueue(redis, settings, [queued(c, sender) for c in (31, 32, 33) * 500])
+    total = 4500
+    await enqueue(redis, settings, [queued(c, sender) for c in (31, 32, 33) * (total // 3)])
     proc = await start_worker(env, tmp_path / "w.log")
     try:
-        await wait_until(lambda: bool(heartbeat(local)), timeout=30 * UNIT, what="heartbeat")
+        await wait_until(lambda: bool(heartbeat(local)), within=30 * UNIT, what="heartbeat")
         port = heartbeat(local)["health_port"]
         async with aiohttp.ClientSession() as http:
             for path, status in (("/healthz", 200), ("/readyz", 200)):
@@ -187,8 +189,8 @@ async def test_sigterm_finishes_the_batch_in_hand_and_check_follows_state(
                 assert "chat_persisted_total" in await resp.text()
         assert await run_check(env) == 0
         await wait_until(
-            lambda: _at_least(message_store.collection.count_documents({}), 50),
-            timeout=30 * UNIT,
+            lambda: _at_most(unacked(redis, settings), total - 50),
+            within=30 * UNIT,
             what="some messages stored",
         )
         proc.send_signal(signal.SIGTERM)
@@ -196,6 +198,7 @@ async def test_sigterm_finishes_the_batch_in_hand_and_check_follows_state(
     finally:
         await stop_process(proc)
     assert await consumer_pending(redis, settings, "graceful") == 0
+    assert await message_store.collection.count_documents({}) < total, "stopped too late"
     final = heartbeat(local)
     assert final["state"] == "stopped"
     assert final["counters"]["processed"] == await message_store.collection.count_documents({})
@@ -207,9 +210,8 @@ async def test_sigterm_finishes_the_batch_in_hand_and_check_follows_state(
     assert summary["cancelled"] == 0
 
 
-def test_check_rejects_a_stale_or_unhealthy_heartbeat(settings: Settings, tmp_path: Path) -> None:
+def test_check_rejects_a_stale_or_unhealthy_heartbeat(tmp_path: Path) -> None:
     """--check's verdict: fresh and healthy passes; stale, stuck or stopped fails."""
-    settings = settings.with_overrides(local_dir=str(tmp_path))
     path = tmp_path / "worker.heartbeat.json"
     now = time.time()
 
@@ -219,18 +221,18 @@ def test_check_rejects_a_stale_or_unhealthy_heartbeat(settings: Settings, tmp_pa
         path.write_text(json.dumps(base))
 
     write()
-    assert check(settings, "worker", now=now)[0]
-    assert not check(settings, "worker", now=now + HEARTBEAT_STALE_S + 1)[0]
+    assert check(tmp_path, "worker", now=now)[0]
+    assert not check(tmp_path, "worker", now=now + HEARTBEAT_STALE_S + 1)[0]
     write(healthy=False)
-    assert not check(settings, "worker", now=now)[0]
+    assert not check(tmp_path, "worker", now=now)[0]
     write(state="stopped")
-    assert not check(settings, "worker", now=now)[0]
+    assert not check(tmp_path, "worker", now=now)[0]
     path.write_text("{not json")
-    assert not check(settings, "worker", now=now)[0]
+    assert not check(tmp_path, "worker", now=now)[0]
 
 
-async def _at_least(value: Any, n: int) -> bool:
-    return bool(await value >= n)
+async def _at_most(value: Any, n: int) -> bool:
+    return bool(await value <= n)
 
 
 async def _equals(value: Any, n: int) -> bool:

@@ -70,3 +70,19 @@ def test_configuration_reference_is_generated_and_current() -> None:
     assert doc == reference_markdown(), "run: make docs"
     for name in Settings.model_fields:
         assert f"`{name.upper()}`" in doc
+
+
+def test_mysql_ssl_ca_becomes_a_verifying_tls_context() -> None:
+    """?ssl_ca= in SQL_URL is lifted into a certificate-verifying SSLContext for the driver."""
+    import ssl
+
+    import sqlalchemy as sa
+
+    from chat.storage.sql import tls_connect_args
+
+    ca = "/etc/ssl/certs/ca-certificates.crt"
+    url, args = tls_connect_args(sa.make_url(f"mysql+aiomysql://u:p@db:3306/chat?ssl_ca={ca}"))
+    assert "ssl_ca" not in url.query
+    assert isinstance(args["ssl"], ssl.SSLContext)
+    assert args["ssl"].verify_mode == ssl.CERT_REQUIRED
+    assert tls_connect_args(sa.make_url("sqlite+aiosqlite:///x.db"))[1] == {}

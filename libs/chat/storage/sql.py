@@ -9,6 +9,7 @@ migration (``make migration MSG=…``), add it here, and to the code that reads 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,8 +73,23 @@ class Chat:
     member_ids: list[int]
 
 
+def tls_connect_args(url: sa.URL) -> tuple[sa.URL, dict[str, Any]]:
+    """Turn ``?ssl_ca=<file>`` into the verified ``ssl.SSLContext`` the MySQL drivers take.
+
+    RDS refuses plain connections (infra sets ``require_secure_transport``); aiomysql wants
+    an SSLContext, not the file name, so the query option is lifted out of the URL here,
+    for the async engine and the migration engine alike.
+    """
+    ca = url.query.get("ssl_ca")
+    if url.get_backend_name() != "mysql" or not ca:
+        return url, {}
+    cafile = ca if isinstance(ca, str) else ca[0]
+    context = ssl.create_default_context(cafile=cafile)
+    return url.difference_update_query(["ssl_ca"]), {"ssl": context}
+
+
 def create_engine(url: str, **options: Any) -> AsyncEngine:
-    """An async engine; SQLite gets its parent directory created."""
+    """An async engine; SQLite gets its parent directory created, MySQL a TLS context."""
     sa_url = sa.make_url(url)
     if sa_url.get_backend_name() == "sqlite" and sa_url.database not in (None, "", ":memory:"):
         Path(sa_url.database or "").parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +97,9 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
         options.setdefault("pool_size", 10)
         options.setdefault("max_overflow", 20)
         options.setdefault("pool_recycle", 1800)
+    sa_url, connect_args = tls_connect_args(sa_url)
+    if connect_args:
+        options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
     options.setdefault("pool_pre_ping", True)
     return create_async_engine(sa_url, **options)
 
@@ -283,7 +302,8 @@ def migrate(url: str, revision: str = "head") -> None:
         Path(sa_url.database or "").parent.mkdir(parents=True, exist_ok=True)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    engine = sa.create_engine(sync_url(url), poolclass=sa.NullPool)
+    plain_url, connect_args = tls_connect_args(sa.make_url(sync_url(url)))
+    engine = sa.create_engine(plain_url, poolclass=sa.NullPool, connect_args=connect_args)
     try:
         with engine.connect() as conn:
             is_mysql = engine.dialect.name in ("mysql", "mariadb")

@@ -1,0 +1,130 @@
+"""Load-generator benchmark: generator CPU per message against gateway CPU per message,
+measured in the same run (the issue's bar: one generator core must saturate at least one
+gateway core).
+
+Phases, each against a fresh local stack (:class:`chat.localstack.LocalStack`: embedded
+Redis, SecantusDB and SQLite, services as child processes):
+
+1. **ack path**: gateway only, one generator process sending over WebSocket at a rate
+   above what one gateway core accepts. Generator CPU = its worker process's
+   ``process_time`` (connections, scheduling, JSON, records, histograms); gateway CPU =
+   the gateway process's CPU time (psutil) over the same run. The ratio is how many
+   gateway cores one generator core keeps busy.
+2. **full path**: gateway, worker and priority; a rate the embedded SecantusDB persists
+   (~2k msg/s): each message is also fanned out back to its chat's members, so both sides
+   pay for ``message`` frames as well (generator: decode and match; gateway: forward).
+3. **HTTP route**: phase 1 over ``POST /api/v1/chats/{id}/messages`` instead.
+
+``BENCH_SCALE`` (default 1.0) scales the run lengths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.harness import main, table
+from chat.config import load_settings
+from chat.localstack import LocalStack, free_port
+from loadtest.runner import RunConfig
+from loadtest.runner import run as run_shard
+
+SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
+
+
+def _phase(name: str, services: tuple[str, ...], **profile: Any) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-loadtest-") as tmp:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("REDIS_URL", "MONGO_URL", "SQL_URL", "REDIS_KEY_PREFIX", "MONGO_DB")
+        }
+        env.update(
+            GATEWAY_PORT=str(free_port()),
+            LOG_LEVEL="WARNING",
+            LOG_FORMAT="console",
+            STREAM_MAX_LEN="5000000",
+        )
+        stack = LocalStack(local_dir=Path(tmp) / "local", env=env, services=services)
+        with stack.running():
+            settings = load_settings(stack.resolved)
+            gateway = psutil.Process(stack.procs["gateway"].pid)
+            cfg = RunConfig(
+                target=stack.gateway_url,
+                out_dir=Path(tmp) / "runs",
+                run_id=name,
+                progress=False,
+                observe_redis=False,
+                probes=0,
+                drain_s=5.0,
+                **profile,
+            )
+            before = gateway.cpu_times()
+            _, run_dir = asyncio.run(run_shard(cfg, settings))
+            after = gateway.cpu_times()
+        from loadtest.runner import read_results
+
+        results = read_results(run_dir)
+    gateway_cpu = (after.user + after.system) - (before.user + before.system)
+    gen_cpu = results["generator"]["cpu_s"]
+    bulk = results["totals"]["bulk"]
+    acked, delivered = bulk["acked"], bulk["delivered"]
+    duration = cfg.ramp_s + cfg.hold_s
+    return {
+        "transport": cfg.transport,
+        "target_rate": cfg.rate,
+        "acked": acked,
+        "delivered": delivered,
+        "acked_per_s": round(acked / duration, 1),
+        "generator_cpu_s": round(gen_cpu, 3),
+        "gateway_cpu_s": round(gateway_cpu, 3),
+        "generator_us_per_msg": round(gen_cpu / acked * 1e6, 1) if acked else None,
+        "gateway_us_per_msg": round(gateway_cpu / acked * 1e6, 1) if acked else None,
+        "gateway_cores_per_generator_core": round(gateway_cpu / gen_cpu, 2) if gen_cpu else None,
+        "gateway_core_utilisation": round(gateway_cpu / duration, 2),
+        "bulk_ack_p99_ms": results["latency"]["bulk"]["ack"].get("p99_ms"),
+    }
+
+
+def run() -> dict[str, Any]:
+    hold = max(4.0, 10.0 * SCALE)
+    return {
+        "ack_path": _phase(
+            "ack", ("gateway",), rate=8000.0, ramp_s=2.0, hold_s=hold, users=80, chats=80
+        ),
+        "full_path": _phase(
+            "full",
+            ("gateway", "worker", "priority"),
+            rate=1500.0,
+            ramp_s=2.0,
+            hold_s=hold,
+            users=20,
+            chats=20,
+            chat_size="2",
+        ),
+        "http_route": _phase(
+            "http",
+            ("gateway",),
+            rate=4000.0,
+            ramp_s=2.0,
+            hold_s=hold,
+            users=40,
+            chats=40,
+            transport="http",
+        ),
+    }
+
+
+def tables(result: Mapping[str, Any]) -> Iterable[str]:
+    for phase, figures in result.items():
+        yield table(f"loadtest {phase}", list(figures.items()))
+
+
+if __name__ == "__main__":
+    main(run, tables)
