@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import uvloop
 
 from chat.config import Settings
+from loadtest.provision import ApiError
 from loadtest.runner import RunConfig
 
 #: verify exits with this when a check failed (1 is left to crashes and bad input).
@@ -68,7 +70,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         observe_redis=not args.no_redis,
         upload=args.upload,
     )
-    code, _ = uvloop.run(run_shard(cfg, settings))
+    try:
+        code, _ = uvloop.run(run_shard(cfg, settings))
+    except (ApiError, aiohttp.ClientError, OSError) as e:
+        print(f"run aborted: cannot provision through {cfg.target}: {e}", file=sys.stderr)
+        return 1
     return code
 
 

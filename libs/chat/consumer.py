@@ -623,9 +623,8 @@ class Consumer:
 
     def _publish(self, documents: Sequence[NewMessage], rejected: Mapping[int, str]) -> None:
         publish = self._sink.publish
-        observe = self._m_latency.observe
         now = now_ms()
-        count = 0
+        latencies: list[float] = []
         for i, d in enumerate(documents):
             if rejected and i in rejected:
                 continue
@@ -645,13 +644,15 @@ class Consumer:
                         size=a.size,
                     )
                     for a in d.attachments
-                ],
+                ]
+                if d.attachments
+                else [],
                 priority=d.priority,
             )
             publish(d.chat_id, encode_frame(frame))
-            observe((now - d.ts) / 1000)
-            count += 1
-        metrics.PUBLISHED.inc(count)
+            latencies.append((now - d.ts) / 1000)
+        metrics.observe_many(self._m_latency, latencies)
+        metrics.PUBLISHED.inc(len(latencies))
 
     async def _settle(self, part: _Partition, batch: _Batch) -> None:
         """Dead-letter the poison, then XACK everything stored (one call each)."""

@@ -6,6 +6,10 @@ rename one and docs/operations.md and infra/components/observability.py change w
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -60,3 +64,29 @@ WS_ERRORS = Counter("chat_ws_errors_total", "error frames sent.", ["code"])
 def render(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
     """The exposition body and its content type (``/metrics``)."""
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
+    """``histogram.observe(v)`` for every value, at one lock round trip per touched
+    bucket instead of two per value (the consumer observes one latency per message:
+    ~2 us each with ``observe``, a tenth of its per-message budget).
+
+    Reads prometheus_client's histogram internals (pinned version); if they are not
+    there, falls back to one ``observe`` per value, so it can only get slower, not wrong.
+    """
+    bounds: list[float] | None = getattr(histogram, "_upper_bounds", None)
+    buckets: list[Any] | None = getattr(histogram, "_buckets", None)
+    total: Any = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for v in values:
+            histogram.observe(v)
+        return
+    counts = [0] * len(bounds)
+    acc = 0.0
+    for v in values:
+        counts[bisect_left(bounds, v)] += 1  # first bound >= v: observe()'s `v <= bound`
+        acc += v
+    total.inc(acc)
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)

@@ -191,8 +191,8 @@ class BatchingEnqueuer:
     Batches run one after the other, in submission order: concurrent batches could reach
     Redis out of order over different pooled connections, and a client's pipelined sends
     to one chat would get their seqs shuffled. While a batch is in flight the next one
-    accumulates, so the batch size grows with the load instead of the number of round
-    trips.
+    accumulates (up to ``max_batch``) and goes out when it returns, so the batch size
+    grows with the load instead of the number of round trips.
     """
 
     def __init__(self, enqueuer: Enqueuer, *, max_batch: int = 512) -> None:
@@ -223,9 +223,12 @@ class BatchingEnqueuer:
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch, self._pending = self._pending, []
-        if not batch:
+        if not self._pending:
             return
+        busy = self._tail is not None and not self._tail.done()
+        if busy and len(self._pending) < self._max_batch:
+            return  # the batch in flight flushes these when it completes (see _run)
+        batch, self._pending = self._pending, []
         task = asyncio.ensure_future(self._run(batch, self._tail))
         self._tail = task
         self._inflight.add(task)
@@ -238,6 +241,15 @@ class BatchingEnqueuer:
     ) -> None:
         if after is not None and not after.done():
             await asyncio.wait([after])  # keeps submission order; never raises
+        try:
+            await self._run_batch(batch)
+        finally:
+            if self._pending and not self._scheduled:
+                # What arrived while this batch was in flight is the next batch.
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _run_batch(self, batch: list[tuple[QueuedMessage, asyncio.Future[Accepted]]]) -> None:
         try:
             results = await self._enqueuer.enqueue([m for m, _ in batch])
         except Exception as e:
@@ -255,7 +267,10 @@ class BatchingEnqueuer:
                 fut.set_exception(r)
 
     async def drain(self) -> None:
-        """Wait for every in-flight batch (graceful shutdown)."""
-        self._flush()
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        """Wait until every submitted message has its result (graceful shutdown)."""
+        while self._pending or self._inflight:
+            self._flush()
+            if self._inflight:
+                await asyncio.gather(*list(self._inflight), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)

@@ -232,7 +232,11 @@ class Connection:
         code = self.close_code or WS_CLOSE_RESTART
         with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
             async with asyncio.timeout(timeout):
-                await self.ws.close(code=code, message=self.close_reason.encode()[:120])
+                # drain=False: a peer that stopped reading keeps the transport paused, and
+                # waiting for it would only delay the close frame already buffered.
+                await self.ws.close(
+                    code=code, message=self.close_reason.encode()[:120], drain=False
+                )
 
 
 class Hub:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
@@ -53,9 +54,13 @@ class StoredAttachment:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """Everything persisted for one message (the worker builds these)."""
+class NewMessage(msgspec.Struct, frozen=True):
+    """Everything persisted for one message (the worker builds these).
+
+    A frozen msgspec struct rather than a frozen dataclass: the worker builds one per
+    message, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field)
+    costs ~3 us of the worker's ~20 us per-message budget; this costs ~0.3 us.
+    """
 
     id: str
     chat_id: int

@@ -673,7 +673,7 @@ function attachmentLink(a) {
     link.append(el("img", { src: href, alt: a.key, loading: "lazy" }));
     return link;
   }
-  return el("a", { href, target: "_blank", rel: "noopener", className: "attachment", textContent: `📎 ${a.content_type}, ${a.size} bytes` });
+  return el("a", { href, target: "_blank", rel: "noopener", className: "attachment", textContent: `attachment: ${a.content_type}, ${a.size} bytes` });
 }
 
 window.chatApp = new App();
