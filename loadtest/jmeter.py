@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
 import urllib.parse
 import zipfile
 from dataclasses import dataclass
@@ -47,9 +48,16 @@ class PlanRun:
 
 
 def jmeter_version(binary: str = "jmeter") -> str:
-    out = subprocess.run(  # noqa: S603 - our own argv
-        [binary, "--version"], capture_output=True, text=True, timeout=120, check=False
-    )
+    # In a scratch directory: JMeter writes jmeter.log into its working directory.
+    with tempfile.TemporaryDirectory(prefix="jmeter-version-") as scratch:
+        out = subprocess.run(  # noqa: S603 - our own argv
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=scratch,
+        )
     for line in (out.stdout + out.stderr).splitlines():
         if "Version" in line:
             return line.split("Version", 1)[1].strip()

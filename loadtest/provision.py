@@ -1,10 +1,12 @@
 """Accounts and chats for a run, through HTTP API v1 (DESIGN.md), with a bounded pool.
 
 Accounts are reused across runs: their e-mails are deterministic
-(``<prefix>-<shard>-<i>@loadtest.invalid``), a 409 on signup means "exists" and turns
-into a login. Signup and login hash a password on the gateway (tens of ms each), so a
-pool of ``concurrency`` requests runs at a time: enough to keep every gateway core busy,
-few enough not to time out. Chats are created fresh for every run (title = run id), so
+(``<prefix>-<shard>-<i>@loadtest.invalid``). New ones are created in batches through
+``POST /api/v1/auth/bulk-signup`` (one password hash per batch); a batch it refuses
+(some already exist) goes account by account, where a 409 on signup means "exists" and
+turns into a login. Signup and login hash a password on the gateway (tens of ms each),
+so a pool of ``concurrency`` requests runs at a time: enough to keep every gateway core
+busy, few enough not to time out. Chats are created fresh for every run (title = run id), so
 every message stored in them belongs to the run and verify needs no time window.
 
 Chat layout: the accounts are split into one group per generator process; every chat's
@@ -28,6 +30,8 @@ from loadtest.distributions import IntDistribution
 log = logging.getLogger(__name__)
 
 EMAIL_DOMAIN = "loadtest.invalid"  # RFC 2606: never a real mailbox
+#: Accounts per bulk-signup request (the gateway's BULK_SIGNUP_MAX default is 1000).
+BULK_BATCH = 500
 T = TypeVar("T")
 
 
@@ -83,6 +87,26 @@ class Api:
             raise ApiError(status, str(data), f"signup/login {email}")
         return Account(user_id=int(data["user_id"]), token=str(data["token"]), email=email)
 
+    async def bulk_signup(
+        self, accounts: Sequence[tuple[str, str]], password: str, kind: str
+    ) -> list[Account] | None:
+        """``POST /api/v1/auth/bulk-signup`` (docs/api.md); None when the gateway refuses
+        the batch as a whole (an account exists, or the route is off or absent)."""
+        body = {
+            "password": password,
+            "kind": kind,
+            "accounts": [{"email": e, "name": n} for e, n in accounts],
+        }
+        try:
+            status, data = await self._json("POST", "/api/v1/auth/bulk-signup", "bulk", body=body)
+        except ApiError as e:
+            if e.status in (400, 404, 405):
+                return None
+            raise
+        if status != 201:
+            return None
+        return [Account(int(u["user_id"]), str(u["token"]), str(u["email"])) for u in data["users"]]
+
     async def create_chat(self, token: str, title: str, member_ids: Sequence[int]) -> int:
         status, data = await self._json(
             "POST",
@@ -131,11 +155,22 @@ async def provision_accounts(
     kind: str,
     concurrency: int,
 ) -> list[Account]:
-    def job(i: int) -> Callable[[], Awaitable[Account]]:
-        email = email_of(prefix, shard, i)
-        return lambda: api.signup_or_login(email, password, f"{prefix} {shard}.{i}", kind)
+    """New non-human accounts through the bulk route (one password hash per batch); any
+    batch the bulk route refuses (accounts exist: 409, route off: 404) account by
+    account through signup-or-login, which also serves every later run."""
+    names = [(email_of(prefix, shard, i), f"{prefix} {shard}.{i}") for i in range(count)]
+    accounts: list[Account] = []
+    for start in range(0, count, BULK_BATCH):
+        batch = names[start : start + BULK_BATCH]
+        bulk = await api.bulk_signup(batch, password, kind) if kind != "human" else None
+        if bulk is None:
 
-    return await bounded(concurrency, [job(i) for i in range(count)])
+            def job(email: str, name: str) -> Callable[[], Awaitable[Account]]:
+                return lambda: api.signup_or_login(email, password, name, kind)
+
+            bulk = await bounded(concurrency, [job(e, n) for e, n in batch])
+        accounts += bulk
+    return accounts
 
 
 def plan_chats(

@@ -700,7 +700,10 @@ class Consumer:
                 attempt += 1
                 failed = dependency_of(e, dependency)
                 self._note_failure(failed, attempt, e)
-                if part is not None:
+                if part is None:  # start-up (indexes): every reader is waiting on it
+                    for p in self._parts:
+                        p.progress = time.monotonic()
+                else:
                     part.progress = time.monotonic()
                     await self._keep_lease(part, lease)
                 await asyncio.sleep(self._backoff(attempt))

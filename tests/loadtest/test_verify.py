@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from chat.storage.mongo import MessageStore, NewMessage
@@ -113,7 +114,7 @@ async def test_deleted_message_is_missing(message_store: MessageStore, scenario:
 async def test_altered_ts_fails(message_store: MessageStore, scenario: Scenario) -> None:
     """A stored ts that differs from the ack's, and one that goes backwards, both fail."""
     docs = scenario.docs
-    docs[3] = replace(docs[3], ts=docs[3].ts - 1000)
+    docs[3] = msgspec.structs.replace(docs[3], ts=docs[3].ts - 1000)
     result = await verify(message_store, scenario, options=FAST)
     assert result["violations"]["ts_mismatch"] == 1
     assert result["violations"]["ts_decrease"] == 1
