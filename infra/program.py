@@ -200,6 +200,10 @@ def export(settings: StackSettings, region: str, stack: Stack) -> None:
             "log_group": compute.log_group_names["loadtest"],
         },
     )
+    # CloudWatch dimensions the load-test report charts (loadtest/awsmetrics.py).
+    pulumi.export("alb_arn_suffix", stack.edge.alb_arn_suffix)
+    pulumi.export("documentdb_id", stack.data.documentdb_id)
+    pulumi.export("redis_id", stack.data.redis_id)
     pulumi.export("bucket", stack.data.bucket_name)
     pulumi.export("metrics_namespace", settings.namespace)
     pulumi.export("dashboard", stack.observability.dashboard_name)

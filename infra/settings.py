@@ -20,7 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from chat.config import Settings as ServiceEnv
 from infra.catalog import SECRET_ENV
+
+#: Every environment variable a service reads (libs/chat/config.py): a stack that sets
+#: anything else has a typo the service would silently ignore.
+KNOWN_ENV = frozenset(name.upper() for name in ServiceEnv.model_fields)
 
 #: The Pulumi project name, which is also the config namespace of our keys.
 PROJECT = "chat-platform"
@@ -186,7 +191,7 @@ class StackSettings:
         cpu=512,
         memory=1024,
         scale_target=200.0,
-        environment={"BATCH": "50", "BLOCK_MS": "100"},
+        environment={"LIVE_BATCH": "50", "LIVE_BLOCK_MS": "100"},
     )
     loadtest: ServiceSettings = ServiceSettings(desired=1, min_tasks=0, max_tasks=1)
 
@@ -254,6 +259,8 @@ class StackSettings:
             )
             leaked = sorted(set(svc.environment) & set(SECRET_ENV))
             _check(not leaked, f"{name}.environment must not set secrets: {leaked}")
+            unknown = sorted(set(svc.environment) - KNOWN_ENV)
+            _check(not unknown, f"{name}.environment: not a service setting: {unknown}")
         for name in SERVICES:
             _check(self.service(name).min_tasks >= 1, f"{name}.minTasks must be >= 1")
 

@@ -131,6 +131,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def default_target(settings: Settings) -> str:
+    """LOADTEST_TARGET_URL when set (the ECS task), else the local gateway."""
+    if settings.loadtest_target_url:
+        return settings.loadtest_target_url
     return f"http://{settings.gateway_host}:{settings.gateway_port}"
 
 

@@ -180,6 +180,12 @@ class Settings(BaseSettings):
         None, description="Publish stream lag to this CloudWatch namespace (AWS only)."
     )
 
+    # --- load test ---------------------------------------------------------------------
+    loadtest_target_url: str | None = Field(
+        None,
+        description="Gateway base URL the load generator targets (set on its ECS task).",
+    )
+
     # --- process ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."

@@ -34,6 +34,7 @@ def test_sections_override_only_the_keys_they_name() -> None:
         ({"stopTimeoutS": "15"}, "stopTimeoutS must be above shutdownTimeoutS"),
         ({"stopTimeoutS": "121"}, "at most 120"),
         ({"worker": '{"environment": {"REDIS_URL": "x"}}'}, "must not set secrets"),
+        ({"priority": '{"environment": {"BATCHSIZE": "5"}}'}, "not a service setting"),
         ({"gateway": '{"desired": 5, "maxTasks": 4}'}, "minTasks <= desired <= maxTasks"),
         ({"priority": '{"cpu": 300}'}, "priority.cpu must be one of"),
         ({"mysql": '{"multiAz": "maybe"}'}, "must be true or false"),
@@ -51,3 +52,4 @@ def test_required_keys_are_required(missing: str) -> None:
     raw = {k: v for k, v in REQUIRED.items() if k != missing}
     with pytest.raises(SettingsError, match=missing):
         StackSettings.from_strings("dev", raw)
+
