@@ -278,7 +278,9 @@ async def mongo_phase(settings: Settings) -> dict[str, Any]:
     figures = await drain(service, service.redis)
     figures["db_insert_s"] = timed.seconds
     figures["db_insert_calls"] = timed.calls
-    figures["db_share_of_wall"] = timed.seconds / figures["wall_s"]
+    # Insert time summed over the 16 readers divided by wall: how many readers were, on
+    # average, waiting on the database (16 = every reader, all the time).
+    figures["db_calls_in_flight"] = timed.seconds / figures["wall_s"]
     figures["limit"] = "database" if timed.seconds > figures["worker_cpu_s"] else "worker CPU"
     await client.drop_database(settings.mongo_db)
     await client.close()
@@ -369,8 +371,8 @@ def tables(r: Mapping[str, Any]) -> Iterable[str]:
         ]
         if "db_insert_s" in w:
             rows += [
-                ("DB insert time (s)", w["db_insert_s"]),
-                ("DB share of wall", f"{w['db_share_of_wall']:.0%}"),
+                ("DB insert time, summed over readers (s)", w["db_insert_s"]),
+                ("readers waiting on the DB (avg of 16)", w["db_calls_in_flight"]),
                 ("limit", w["limit"]),
             ]
         rows += [
