@@ -23,7 +23,8 @@ cross-slot command in Redis Cluster), and handles each batch in order::
   duplicate key, and an entry delivered more than ``max_deliveries`` times (it crashed
   that many consumers). Dead-lettering is one script per batch that XACKs and, only if
   the XACK removed the entry, XADDs it with the reason to ``chat:{p}:dead``: replaying
-  the script after a lost reply adds nothing twice.
+  the script after a lost reply adds nothing twice. The consumer never trims a
+  dead-letter stream: operators inspect and clear it (alarm on the counter).
 * **Dead consumers' entries are reclaimed** by a periodic ``XAUTOCLAIM`` of entries idle
   longer than ``claim_idle_ms``; a consumer restarted under the same name first re-reads
   its own pending entries.
@@ -356,11 +357,6 @@ class Consumer:
         """Whether a reader has made no progress for ``stuck_after_s``."""
         oldest = min((p.progress for p in self._parts), default=time.monotonic())
         return time.monotonic() - oldest > self.options.stuck_after_s
-
-    async def ensure_groups(self) -> None:
-        """Create the group on every partition stream (idempotent)."""
-        for part in self._parts:
-            await self._ensure_group(part)
 
     async def lag(self) -> tuple[int, float]:
         """(entries not yet acknowledged, age in s of the oldest), over every partition;

@@ -267,10 +267,14 @@ async def test_mongo_outage_keeps_entries_pending_until_it_is_back(
             assert await doc_count(message_store) == 1
             assert await pending_count(redis, settings) == 20
             assert await dead_letters(redis, settings) == []
+            lag, oldest_age_s = await service.consumer.lag()  # the CloudWatch lag probe
+            assert lag == 20
+            assert oldest_age_s > 0
             await proxy.start()
             await wait_until(lambda: _equals(unacked(redis, settings), 0), what="drained")
             ready, checks = await readiness(service, asyncio.Event())
             assert ready, checks
+            assert (await service.consumer.lag())[0] == 0
     finally:
         await proxy.cut()
     assert metric("chat_store_retries_total", store="mongo") > retries_before
