@@ -155,6 +155,21 @@ class Settings(BaseSettings):
         ge=100,
         description="Worker (bulk): visibility timeout before another consumer reclaims.",
     )
+    bulk_max_inflight_inserts: int = Field(
+        1,
+        ge=0,
+        description="Worker (bulk): Mongo inserts in flight per process (0 = one per partition);"
+        " each one is wait added to every live insert.",
+    )
+    bulk_insert_budget_ms: float = Field(
+        25.0,
+        ge=0,
+        description="Worker (bulk): target duration of one insert; the batch size adapts"
+        " (AIMD) to stay within it (0 = fixed BATCH).",
+    )
+    bulk_min_batch: int = Field(
+        20, ge=1, description="Worker (bulk): floor (and start) of the adaptive batch size."
+    )
     live_batch: int = Field(
         50, ge=1, description="Priority (live): entries per read; small keeps latency flat."
     )

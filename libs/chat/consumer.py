@@ -33,18 +33,30 @@ cross-slot command in Redis Cluster), and handles each batch in order::
   pending: entries not yet delivered are never trimmed) and reports the lag
   (``XINFO GROUPS`` lag + ``XPENDING`` count), at most every ``trim_interval_s`` per
   partition.
+* **The worker never hogs the database.** Both classes insert into the same collection
+  on the same writer (one SecantusDB collection lock locally, one DocumentDB writer in
+  AWS), so a live insert waits behind whatever bulk inserts are ahead of it. Two knobs
+  bound that wait: a process-wide limit on concurrent inserts (``max_inflight_inserts``,
+  a semaphore shared by the partition readers) and an insert time budget
+  (``insert_budget_ms``) that a :class:`BatchSizer` keeps each insert within by
+  adapting the XREADGROUP COUNT (AIMD). A live insert then waits behind at most
+  ``worker processes x max_inflight_inserts x insert_budget_ms`` of bulk work, while
+  bulk keeps the rest of the database's capacity. A batch read before the size shrank
+  is inserted in chunks of the current size, each chunk taking a slot of its own.
 * **Graceful stop.** ``stop`` is checked between batches: the batch in hand is finished
   (persisted, published, acked), then the reader exits. An idle reader notices within
   ``block_ms``. A batch cut short by cancellation stays pending and is reclaimed.
 
 Hot-path costs are per batch, not per message: one read, one enrichment lookup (cached),
-one ``insert_many``, one XACK; the only per-message work is decoding, building the
-document and the frame (encoded once) and a non-blocking ZeroMQ send.
+one ``insert_many`` (per chunk), one XACK; the only per-message work is decoding, building
+the document and the frame (encoded once) and a non-blocking ZeroMQ send. The in-flight
+limit and the batch sizer cost one semaphore round and a few comparisons per insert.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -193,6 +205,26 @@ class ConsumerOptions:
                         cap bounds how late recovery is noticed.
     ``stuck_after_s``   a reader that made no progress (not even a failed retry) for this
                         long makes the process unhealthy, so it is restarted.
+    ``max_inflight_inserts``
+                        store inserts this process runs at once, over all its partition
+                        readers (None: one per reader, unlimited). It is how much of the
+                        shared database writer this process may occupy: each slot adds up
+                        to one insert (``insert_budget_ms``) to the wait of every other
+                        writer, live included. Fewer slots cost bulk throughput only when
+                        the database could have overlapped the inserts (a sharded
+                        cluster), and leave the batches of the other readers waiting,
+                        read but unacked (bulk latency, not loss).
+    ``insert_budget_ms``
+                        target duration of one insert (None: fixed ``batch``). The batch
+                        size adapts so an insert stays within it: halved after an insert
+                        over budget, grown by a quarter after a full one under half of it.
+                        Lower keeps live waits shorter but costs a round trip and the
+                        per-insert overhead more often (bulk throughput); the database
+                        must be able to insert ``min_batch`` documents within it.
+    ``min_batch``       the floor of the adaptive batch size (and where it starts, so a
+                        restart does not open with ``batch``-sized inserts). Too low and a
+                        slow database drives bulk into one-document inserts (round-trip
+                        bound); too high and the budget cannot be met.
     """
 
     priority: Priority
@@ -206,11 +238,63 @@ class ConsumerOptions:
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
     stuck_after_s: float = 120.0
+    max_inflight_inserts: int | None = None
+    insert_budget_ms: float | None = None
+    min_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_inflight_inserts is not None and self.max_inflight_inserts < 1:
+            raise ValueError("max_inflight_inserts must be >= 1 or None")
+        if self.insert_budget_ms is not None and self.insert_budget_ms <= 0:
+            raise ValueError("insert_budget_ms must be > 0 or None")
+        if not 1 <= self.min_batch <= self.batch:
+            raise ValueError("min_batch must be between 1 and batch")
 
     @property
     def claim_interval_s(self) -> float:
         """How often a reader runs XAUTOCLAIM: twice per visibility timeout."""
         return self.claim_idle_ms / 2000
+
+
+@dataclass(slots=True)
+class BatchSizer:
+    """AIMD control of the batch size, so that one insert stays within a time budget.
+
+    An insert slower than the budget halves the size (the writer is busy: back off fast);
+    a full-size insert faster than half the budget grows it by a quarter (there is room:
+    probe slowly); the size stays within [``low``, ``high``] and starts at ``low``.
+    Without a budget the size is ``high`` and never changes. One sizer per consumer:
+    every reader of a process inserts into the same database, so they share the signal.
+    Pure logic (no clock, no I/O): the caller times the insert and reports it.
+    """
+
+    low: int
+    high: int
+    budget_s: float | None = None
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.low <= self.high:
+            raise ValueError(f"need 1 <= low <= high, got {self.low}, {self.high}")
+        if self.budget_s is None:
+            self.size = self.high
+        elif self.size == 0:
+            self.size = self.low
+        else:
+            self.size = min(max(self.size, self.low), self.high)
+
+    def observe(self, seconds: float, documents: int) -> bool:
+        """Report one insert of ``documents`` that took ``seconds``; True if the size
+        changed."""
+        budget = self.budget_s
+        if budget is None:
+            return False
+        before = self.size
+        if seconds > budget:
+            self.size = max(self.low, before // 2)
+        elif seconds < budget / 2 and documents >= before:
+            self.size = min(self.high, before + max(1, before // 4))
+        return self.size != before
 
 
 class Store(Protocol):
@@ -302,8 +386,21 @@ class Consumer:
         self._m_lag = metrics.STREAM_LAG.labels(prio)
         self._m_stage = {
             s: metrics.STAGE_SECONDS.labels(s)
-            for s in ("read", "decode", "enrich", "store", "publish", "ack")
+            for s in ("read", "decode", "enrich", "store", "insert_wait", "publish", "ack")
         }
+        budget = options.insert_budget_ms
+        self.sizer = BatchSizer(
+            low=options.min_batch,
+            high=options.batch,
+            budget_s=None if budget is None else budget / 1000,
+        )
+        self._m_batch_target = metrics.BATCH_TARGET.labels(prio)
+        self._m_batch_target.set(self.sizer.size)
+        limit = options.max_inflight_inserts
+        self._insert_slots = None if limit is None else asyncio.Semaphore(limit)
+        #: store inserts running now, and the most there ever were at once
+        self.inflight_inserts = 0
+        self.inflight_peak = 0
 
     def _partition(self, p: int, now: float) -> _Partition:
         keys = self._keyspace.partition(p)
@@ -329,6 +426,8 @@ class Consumer:
                 "partitions": len(self._parts),
                 "batch": opts.batch,
                 "block_ms": opts.block_ms,
+                "max_inflight_inserts": opts.max_inflight_inserts,
+                "insert_budget_ms": opts.insert_budget_ms,
             },
         )
         started = time.monotonic()
@@ -410,7 +509,7 @@ class Consumer:
                     opts.group,
                     opts.consumer,
                     {part.key: cursor},
-                    count=opts.batch,
+                    count=self.sizer.size,
                     block=opts.block_ms if block else None,
                 )
             except redis.exceptions.ResponseError as e:
@@ -457,7 +556,12 @@ class Consumer:
         started = time.monotonic()
         while not stop.is_set():
             reply = await self._redis.xautoclaim(
-                part.key, opts.group, opts.consumer, opts.claim_idle_ms, start, count=opts.batch
+                part.key,
+                opts.group,
+                opts.consumer,
+                opts.claim_idle_ms,
+                start,
+                count=self.sizer.size,
             )
             start, claimed = reply[0], reply[1]
             if claimed:
@@ -570,7 +674,7 @@ class Consumer:
         documents = await self._retry("enrich", lambda: self._enrich(batch), part, batch.ids)
         t1 = time.perf_counter()
         self._m_stage["enrich"].observe(t1 - t0)
-        outcome = await self._retry("mongo", lambda: self._store.insert(documents), part, batch.ids)
+        outcome = await self._insert(part, batch, documents)
         t2 = time.perf_counter()
         self._m_stage["store"].observe(t2 - t1)
         self._m_persisted.inc(outcome.inserted)
@@ -582,6 +686,50 @@ class Consumer:
             self._reject(batch, rejected)
         self._publish(documents, rejected)
         self._m_stage["publish"].observe(time.perf_counter() - t2)
+
+    async def _insert(
+        self, part: _Partition, batch: _Batch, documents: list[NewMessage]
+    ) -> InsertOutcome:
+        """Insert in chunks of the current batch size (one chunk unless the size shrank
+        since the read), each retried on its own, each in one insert slot."""
+        size = self.sizer.size
+        if len(documents) <= size:
+            return await self._retry(
+                "mongo", lambda: self._insert_chunk(documents), part, batch.ids
+            )
+        total = InsertOutcome()
+        for start in range(0, len(documents), size):
+            chunk = documents[start : start + size]
+            insert = functools.partial(self._insert_chunk, chunk)
+            out = await self._retry("mongo", insert, part, batch.ids)
+            total.inserted += out.inserted
+            total.duplicates += out.duplicates
+            total.failed += [(start + i, reason) for i, reason in out.failed]
+            total.seconds += out.seconds
+        return total
+
+    async def _insert_chunk(self, documents: Sequence[NewMessage]) -> InsertOutcome:
+        slots = self._insert_slots
+        if slots is None:
+            return await self._timed_insert(documents)
+        waited = time.perf_counter()
+        async with slots:
+            self._m_stage["insert_wait"].observe(time.perf_counter() - waited)
+            return await self._timed_insert(documents)
+
+    async def _timed_insert(self, documents: Sequence[NewMessage]) -> InsertOutcome:
+        """One store insert; its duration (not the slot wait) feeds the batch sizer."""
+        self.inflight_inserts += 1
+        if self.inflight_inserts > self.inflight_peak:
+            self.inflight_peak = self.inflight_inserts
+        started = time.perf_counter()
+        try:
+            outcome = await self._store.insert(documents)
+        finally:
+            self.inflight_inserts -= 1
+        if self.sizer.observe(time.perf_counter() - started, len(documents)):
+            self._m_batch_target.set(self.sizer.size)
+        return outcome
 
     async def _enrich(self, batch: _Batch) -> list[NewMessage]:
         names = await self._enricher.sender_names(m.sender_id for m, _, _ in batch.messages)

@@ -52,6 +52,11 @@ ACCEPT_TO_PUBLISH = Histogram(
     ["priority"],
     buckets=LATENCY_BUCKETS,
 )
+BATCH_TARGET = Gauge(
+    "chat_batch_target",
+    "Current batch size (XREADGROUP COUNT) of the consumer; adapts to the insert budget.",
+    ["priority"],
+)
 STREAM_LAG = Gauge("chat_stream_lag_entries", "Entries not yet acknowledged.", ["priority"])
 WS_CONNECTIONS = Gauge("chat_ws_connections", "Open WebSocket connections.")
 DELIVERED = Counter("chat_delivered_total", "message frames queued to WebSocket clients.")

@@ -42,17 +42,24 @@ def consumer_name(settings: Settings) -> str:
 
 
 def options_for(settings: Settings, priority: Priority) -> ConsumerOptions:
-    """The bulk class is throughput-tuned (BATCH, BLOCK_MS, CLAIM_IDLE_MS); the live
-    class latency-tuned (LIVE_BATCH, LIVE_BLOCK_MS, LIVE_CLAIM_IDLE_MS)."""
+    """The bulk class is throughput-tuned (BATCH, BLOCK_MS, CLAIM_IDLE_MS) and kept from
+    hogging the database (BULK_MAX_INFLIGHT_INSERTS, BULK_INSERT_BUDGET_MS,
+    BULK_MIN_BATCH); the live class is latency-tuned (LIVE_BATCH, LIVE_BLOCK_MS,
+    LIVE_CLAIM_IDLE_MS) and unthrottled: its inserts are small and are the ones the
+    bulk limits make room for."""
     live = priority == "live"
+    batch = settings.live_batch if live else settings.batch
     return ConsumerOptions(
         priority=priority,
         group=LIVE_GROUP if live else BULK_GROUP,
         consumer=consumer_name(settings),
-        batch=settings.live_batch if live else settings.batch,
+        batch=batch,
         block_ms=settings.live_block_ms if live else settings.block_ms,
         claim_idle_ms=settings.live_claim_idle_ms if live else settings.claim_idle_ms,
         max_deliveries=settings.max_deliveries,
+        max_inflight_inserts=None if live else settings.bulk_max_inflight_inserts or None,
+        insert_budget_ms=None if live else settings.bulk_insert_budget_ms or None,
+        min_batch=batch if live else min(settings.bulk_min_batch, batch),
     )
 
 

@@ -6,7 +6,7 @@ Three families, each a set of frozen msgspec structs:
   ``type``; server frames put ``type`` first. Decoding a client frame validates it fully
   (unknown ``type``, missing fields, wrong types) and raises :class:`BadRequest`.
 * **Queue entries**: what the gateway XADDs. The enqueue script adds ``seq`` and ``ts``
-  as separate stream fields (``s``, ``t``) next to the msgpack body (``m``), so the
+  as separate stream fields (``s``, ``t``) next to the JSON body (``m``), so the
   body is encoded once, before the script, and never rewritten.
 * **Stored documents**: the MongoDB ``messages`` document (see :mod:`chat.storage.mongo`).
 
@@ -163,8 +163,8 @@ _json_encoder = msgspec.json.Encoder()
 _client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
 _server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
 _message_decoder = msgspec.json.Decoder(MessageFrame)
-_queued_encoder = msgspec.msgpack.Encoder()
-_queued_decoder = msgspec.msgpack.Decoder(QueuedMessage)
+_queued_encoder = msgspec.json.Encoder()
+_queued_decoder = msgspec.json.Decoder(QueuedMessage)
 
 
 def encode_frame(frame: ServerFrame | ClientFrame) -> bytes:
@@ -204,7 +204,12 @@ def decode_message_frame(data: str | bytes) -> MessageFrame:
 
 
 def encode_queued(message: QueuedMessage) -> bytes:
-    """msgpack body of a stream entry."""
+    """Body of a stream entry: a JSON array (``array_like``), always valid UTF-8.
+
+    JSON rather than msgpack because the enqueue script receives a whole batch as one
+    msgpack argument and Redis's ``cmsgpack`` reads ``str`` but not ``bin`` values: a
+    UTF-8 body rides inside the batch as a string (see :mod:`chat.streams`).
+    """
     return _queued_encoder.encode(message)
 
 

@@ -11,7 +11,7 @@ A Lua script per partition takes a *batch* of messages and, for each one, atomic
    decreasing in seq order, even if the Redis host's clock steps back or fails over);
 5. XADDs ``m`` (msgpack body), ``s`` (seq), ``t`` (ts) to ``chat:{p}:live|bulk``.
 
-The script touches only keys of partition ``p`` (declared in KEYS), so it runs on one
+The script touches only keys of partition ``p`` (hash tag ``{p}``), so it runs on one
 shard of Redis Cluster. A batch from one gateway tick costs one round trip per partition
 it touches; the partitions are sent concurrently.
 
@@ -24,33 +24,41 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
+
 from chat.errors import Unavailable
-from chat.keys import KeySpace, PartitionKeys
+from chat.keys import KeySpace, PartitionKeys, partition_of
 from chat.serialization import Priority, QueuedMessage, encode_queued
 
-# One message = 5 ARGV slots: chat_id, prio (l|b), has_idem (1|0), id, body.
-# Replies: "<id> <seq> <ts> <prio>" (new), "=<id> <seq> <ts> <prio>" (resend), "!" (full).
+# KEYS: seq hash, ts hash, live stream, bulk stream (all of partition p).
+# ARGV: ttl, maxlen, idempotency key prefix, batch. The batch is ONE msgpack array of
+# [chat_id (str), prio ("l"|"b"), "<sender>:<client_id>" or "", id, body (JSON str)]
+# records: one argument per call instead of five per message, because redis-py packs
+# every argument in Python (that was ~45% of the client's CPU). Bodies are JSON so they
+# travel as msgpack str (Redis's cmsgpack cannot read bin). The idempotency keys are
+# built here from the prefix, which carries the partition's hash tag, so they are in the
+# slot of KEYS[1] by construction (tests/integration/test_enqueue.py checks it) although
+# not declared: declaring them would cost one argument per message again.
+# Replies: "<seq> <ts>" (new: the caller knows id and prio), "=<id> <seq> <ts> <prio>"
+# (resend: the first send's ack), "!" (backlog full).
 ENQUEUE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = ARGV[1]
 local maxlen = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
+local cidp = ARGV[3]
+local recs = cmsgpack.unpack(ARGV[4])
 local out = {}
 local lens = {}
-local k = 5
-local a = 4
-for i = 1, n do
-  local chat, prio, idem, id, body = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
-  a = a + 5
+for i = 1, #recs do
+  local r = recs[i]
+  local chat, prio, idem, id, body = r[1], r[2], r[3], r[4], r[5]
   local idkey = nil
   local prev = nil
-  if idem == '1' then
-    idkey = KEYS[k]
-    k = k + 1
+  if idem ~= '' then
+    idkey = cidp .. idem
     prev = redis.call('GET', idkey)
   end
   if prev then
@@ -70,22 +78,26 @@ for i = 1, n do
       local sts = string.format('%.0f', ts)
       redis.call('XADD', stream, '*', 'm', body, 's', seq, 't', sts)
       lens[stream] = len + 1
-      local v = id .. ' ' .. seq .. ' ' .. sts .. ' ' .. prio
-      if idkey then redis.call('SET', idkey, v, 'EX', ttl) end
-      out[i] = v
+      if idkey then
+        redis.call('SET', idkey, id .. ' ' .. seq .. ' ' .. sts .. ' ' .. prio, 'EX', ttl)
+      end
+      out[i] = seq .. ' ' .. sts
     end
   end
 end
 return out
 """
 
-_PRIO_CODE: dict[str, bytes] = {"live": b"l", "bulk": b"b"}
+_PRIO_CODE: dict[str, str] = {"live": "l", "bulk": "b"}
+_batch_encoder = msgspec.msgpack.Encoder()
 _PRIO_NAME: dict[bytes, Priority] = {b"l": "live", b"b": "bulk"}
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """What the sender's ``ack`` carries. ``duplicate``: an earlier send's ack."""
+class Accepted(msgspec.Struct, frozen=True, gc=False):
+    """What the sender's ``ack`` carries. ``duplicate``: an earlier send's ack.
+
+    A msgspec struct, not a frozen dataclass: one is built per accepted message and a
+    frozen dataclass's ``__init__`` costs ~10x more."""
 
     id: str
     chat_id: int
@@ -112,6 +124,7 @@ class Enqueuer:
     def __init__(self, redis: Any, keyspace: KeySpace, *, idempotency_ttl_s: int, max_len: int):
         self._script: ScriptRunner = redis.register_script(ENQUEUE_LUA)
         self._keyspace = keyspace
+        self._parts = keyspace.all()  # key names built once, not per message
         self._ttl = str(idempotency_ttl_s).encode()
         self._max_len = str(max_len).encode()
 
@@ -124,12 +137,13 @@ class Enqueuer:
         client_id is safe.
         """
         by_partition: dict[int, list[int]] = defaultdict(list)
+        n = self._keyspace.partitions
         for i, m in enumerate(messages):
-            by_partition[self._keyspace.for_chat(m.chat_id).partition].append(i)
+            by_partition[partition_of(m.chat_id, n)].append(i)
         results: list[Accepted | Unavailable | None] = [None] * len(messages)
 
         async def run(p: int, idx: list[int]) -> None:
-            part = self._keyspace.partition(p)
+            part = self._parts[p]
             batch = [messages[i] for i in idx]
             for i, r in zip(idx, await self._run_partition(part, batch), strict=True):
                 results[i] = r
@@ -146,38 +160,38 @@ class Enqueuer:
     async def _run_partition(
         self, part: PartitionKeys, batch: Sequence[QueuedMessage]
     ) -> list[Accepted | Unavailable]:
-        keys: list[str] = [part.seq, part.ts, part.live, part.bulk]
-        args: list[bytes | str | int] = [self._ttl, self._max_len, len(batch)]
-        for m in batch:
-            has_idem = m.client_id is not None
-            if m.client_id is not None:
-                keys.append(part.idempotency_key(m.sender_id, m.client_id))
-            args += [
-                m.chat_id,
-                _PRIO_CODE[m.priority],
-                b"1" if has_idem else b"0",
-                m.id,
-                encode_queued(m),
+        batch_arg = _batch_encoder.encode(
+            [
+                (
+                    str(m.chat_id),
+                    _PRIO_CODE[m.priority],
+                    "" if m.client_id is None else f"{m.sender_id}:{m.client_id}",
+                    m.id,
+                    encode_queued(m).decode(),
+                )
+                for m in batch
             ]
-        replies = await self._script(keys=keys, args=args)
+        )
+        args = (self._ttl, self._max_len, part.cid_prefix, batch_arg)
+        replies = await self._script(keys=[part.seq, part.ts, part.live, part.bulk], args=args)
         return [_parse_reply(m, r) for m, r in zip(batch, replies, strict=True)]
 
 
 def _parse_reply(message: QueuedMessage, reply: bytes) -> Accepted | Unavailable:
+    if reply[:1] == b"=":
+        mid, seq, ts, prio = reply[1:].split(b" ")
+        return Accepted(
+            id=mid.decode(),
+            chat_id=message.chat_id,
+            seq=int(seq),
+            ts=int(ts),
+            priority=_PRIO_NAME[prio],
+            duplicate=True,
+        )
     if reply == b"!":
         return Unavailable("queue backlog is full, retry later", client_id=message.client_id)
-    duplicate = reply[:1] == b"="
-    if duplicate:
-        reply = reply[1:]
-    mid, seq, ts, prio = reply.split(b" ")
-    return Accepted(
-        id=mid.decode(),
-        chat_id=message.chat_id,
-        seq=int(seq),
-        ts=int(ts),
-        priority=_PRIO_NAME[prio],
-        duplicate=duplicate,
-    )
+    seq, ts = reply.split(b" ")
+    return Accepted(message.id, message.chat_id, int(seq), int(ts), message.priority)
 
 
 class BatchingEnqueuer:

@@ -52,4 +52,3 @@ def test_required_keys_are_required(missing: str) -> None:
     raw = {k: v for k, v in REQUIRED.items() if k != missing}
     with pytest.raises(SettingsError, match=missing):
         StackSettings.from_strings("dev", raw)
-

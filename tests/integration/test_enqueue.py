@@ -121,3 +121,20 @@ def test_every_key_of_a_partition_shares_one_slot(partitions: int) -> None:
     for part in keyspace.all()[:64]:
         keys = [part.live, part.bulk, part.dead, part.seq, part.ts, part.idempotency_key(1, "c")]
         assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_odd_client_ids_and_large_chat_ids_round_trip(redis: Any, settings: Settings) -> None:
+    """client_ids with spaces, newlines and non-ASCII, and chat ids near 2**53, keep
+    their own seq counters and idempotency keys."""
+    enq = make(redis, settings)
+    big = 2**53 - 1
+    odd = "a b\nc é:1"
+    first = await enq.enqueue([msg(big, client_id=odd), msg(big, client_id=odd + " ")])
+    again = await enq.enqueue([msg(big, client_id=odd)])
+    assert [r.seq for r in first if isinstance(r, Accepted)] == [1, 2]
+    assert isinstance(again[0], Accepted)
+    assert again[0].duplicate
+    assert again[0].seq == 1
+    part = KeySpace(settings.redis_key_prefix, settings.stream_partitions).for_chat(big)
+    assert await redis.hget(part.seq, str(big)) == b"2"
+    assert await redis.exists(part.idempotency_key(7, odd)) == 1
