@@ -13,24 +13,37 @@ machine has 2 cores shared by everything, so wall-clock rates are printed for co
 2. **delivery**: this process publishes ``message`` frames on a ZeroMQ PUB socket
    connected to the gateway's SUB endpoint (exactly what a worker does); every frame
    goes to each of the chat's connected members; counts frames received.
-3. **live under bulk saturation**: gateway + worker + priority; loadtest accounts flood
-   bulk faster than the worker can persist (the bulk backlog grows all along), while
-   two humans exchange live messages at 4/s; latency = send -> ``message`` frame back,
-   one clock (this process).
+3. **live under bulk saturation**: gateway + worker + priority. Pairs of human accounts
+   chat live at LIVE_RATE msg/s each; latency = send -> ``message`` frame seen by the
+   other member, one clock (this process), every sample kept (exact percentiles).
+   First the idle baseline (no bulk traffic); then the bulk capacity is measured in
+   the same run (a load generator offers CALIBRATE_RATE, more than the worker persists,
+   and the worker group's acknowledged count gives the persisted rate); then the
+   generator offers SATURATION_FACTOR x that capacity, so the bulk pipeline runs at its
+   full capacity with a backlog that grows all through the window (backlog at start and
+   end and the persisted rate are reported), while the same conversations are measured.
+   The bulk generator is its own process (its event loop would otherwise delay the
+   probes' frames here); the CPU of every process over the window is reported, since
+   all of them share the machine's 2 cores.
 
-``BENCH_SCALE`` (default 1.0) scales the message counts and durations.
+``BENCH_SCALE`` (default 1.0) scales the message counts and durations;
+``python -m benchmarks.bench_gateway --live`` runs phase 3 alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +54,10 @@ import zmq.asyncio
 
 from benchmarks.harness import main, per_core, table
 from chat.fanout import GatewayRegistry, topic
-from chat.keys import KeySpace
+from chat.keys import BULK_GROUP, KeySpace
 from chat.localstack import EmbeddedRedis, LocalStack, free_port
 from chat.serialization import MessageFrame, encode_frame
+from chat.storage.mongo import COLLECTION
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 INGEST_MESSAGES = int(200_000 * SCALE)
@@ -52,10 +66,20 @@ INGEST_WINDOW = 64
 DELIVERY_MEMBERS = 100
 DELIVERY_MESSAGES = int(3000 * SCALE)
 DELIVERY_ROUND = 50
-LIVE_SECONDS = 30 * SCALE
-LIVE_RATE = 4.0  # per human, under LIVE_RATE_PER_S (5): stays in the live class
-BULK_RATE = 4000  # msg/s: above what the worker persists into SecantusDB (~2k/s)
+LIVE_SECONDS = 30 * SCALE  # the measured window under saturation
+IDLE_SECONDS = 10 * SCALE  # the baseline, same conversations without bulk
+LIVE_PAIRS = 3  # chats of two humans each
+LIVE_RATE = 3.0  # msg/s per human, under LIVE_RATE_PER_S (5): stays in the live class
+LIVE_GRACE_S = 5.0  # after the window, for the last frames to arrive
 BULK_CONNECTIONS = 20
+#: Offered while measuring the bulk capacity: above what the worker persists into
+#: SecantusDB (~1.5-2k/s), so the figure is the pipeline's capacity, not the offer.
+CALIBRATE_RATE = 3000
+CALIBRATE_SECONDS = 10 * SCALE
+#: Offered during the window, as a multiple of the measured capacity: enough for the
+#: backlog to keep growing, not so much that the generator starves the 2 cores.
+SATURATION_FACTOR = 2.5
+WARMUP_S = 3.0  # after starting a generator, before measuring
 
 _MONGO_SERVER = """
 import sys, time
@@ -317,59 +341,67 @@ class Probe:
     lost: int = 0  # sent, never seen by the peer within the grace period
 
 
-async def converse(people: Sequence[Person], seconds: float, label: str) -> Probe:
-    """Every person sends LIVE_RATE messages per second (random phase) to their chat for
-    ``seconds``; the other member's socket timestamps the ``message`` frame. One clock:
-    this process's ``perf_counter``."""
-    probe = Probe()
-    sent: dict[str, float] = {}
-    unacked: dict[str, float] = {}
-    stop = asyncio.Event()
+class Conversations:
+    """Every person sends LIVE_RATE messages per second (random phase) to their chat;
+    the other member's socket timestamps the ``message`` frame. One clock: this
+    process's ``perf_counter``."""
 
-    async def listen(me: Person) -> None:
+    def __init__(self, people: Sequence[Person], label: str) -> None:
+        self.people, self.label = people, label
+        self.probe = Probe()
+        self.sent: dict[str, float] = {}  # text -> send time, until the peer sees it
+        self.unacked: dict[str, float] = {}  # client_id -> send time, until acked
+        self.stop = asyncio.Event()
+        self.all_seen = asyncio.Event()
+
+    async def run(self, seconds: float) -> Probe:
+        listeners = [asyncio.create_task(self._listen(p)) for p in self.people]
+        speakers = [asyncio.create_task(self._speak(p)) for p in self.people]
+        await asyncio.sleep(seconds)
+        self.stop.set()
+        await asyncio.gather(*speakers)
+        if self.sent:  # the last ones arrive
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_seen.wait(), LIVE_GRACE_S)
+        for t in listeners:
+            t.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        self.probe.lost = len(self.sent)
+        return self.probe
+
+    async def _listen(self, me: Person) -> None:
+        probe = self.probe
         async for msg in me.ws:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 return
             now = time.perf_counter()
             frame = json.loads(msg.data)
             if frame["type"] == "ack":
-                t0 = unacked.pop(frame["client_id"], None)
+                t0 = self.unacked.pop(frame["client_id"], None)
                 if t0 is not None:
                     probe.to_ack.append((now - t0) * 1000)
             elif frame["type"] == "message" and frame["sender_id"] != me.user_id:
-                t0 = sent.pop(frame["text"], None)
+                t0 = self.sent.pop(frame["text"], None)
                 if t0 is not None:
                     probe.latency.append((now - t0) * 1000)
                     probe.ids.append(frame["id"])
+                if self.stop.is_set() and not self.sent:
+                    self.all_seen.set()
 
-    async def speak(me: Person) -> None:
-        next_at = time.perf_counter() + random.random() / LIVE_RATE  # noqa: S311
+    async def _speak(self, me: Person) -> None:
+        next_at = time.perf_counter() + random.random() / LIVE_RATE
         i = 0
         while True:
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-            if stop.is_set():
+            if self.stop.is_set():
                 return
-            text = f"{label} {me.name} {i}"
-            sent[text] = unacked[text] = time.perf_counter()
+            text = f"{self.label} {me.name} {i}"
+            self.sent[text] = self.unacked[text] = time.perf_counter()
             await me.ws.send_str(json.dumps(
                 {"type": "send", "chat_id": me.chat_id, "client_id": text, "text": text}
             ))  # fmt: skip
             i += 1
             next_at += 1 / LIVE_RATE
-
-    listeners = [asyncio.create_task(listen(p)) for p in people]
-    speakers = [asyncio.create_task(speak(p)) for p in people]
-    await asyncio.sleep(seconds)
-    stop.set()
-    await asyncio.gather(*speakers)
-    deadline = time.perf_counter() + LIVE_GRACE_S  # the last ones arrive
-    while sent and time.perf_counter() < deadline:
-        await asyncio.sleep(0.05)
-    for t in listeners:
-        t.cancel()
-    await asyncio.gather(*listeners, return_exceptions=True)
-    probe.lost = len(sent)
-    return probe
 
 
 class Flood:
@@ -378,13 +410,14 @@ class Flood:
     shares this process's GIL; its CPU is accounted separately."""
 
     def __init__(self, base: str, bots: Sequence[tuple[str, int]], rate: float, run: str):
-        self.proc = subprocess.Popen(  # noqa: S603 - our interpreter, our module
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.bench_gateway", "--flood"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         config = {"base": base, "bots": list(bots), "rate": rate, "run": run}
         self.proc.stdin.write(json.dumps(config) + "\n")
         self.proc.stdin.flush()
@@ -394,7 +427,8 @@ class Flood:
 
     def stop(self) -> dict[str, Any]:
         """Stop sending; the generator's counters (sent, acked, busy cores)."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write("stop\n")
         self.proc.stdin.flush()
         result: dict[str, Any] = json.loads(self.proc.stdout.readline())
@@ -460,7 +494,8 @@ async def bulk_progress(client: Any) -> tuple[int, int]:
             backlog += int(await client.xlen(part.bulk))
             continue
         pending, read, lag = int(g["pending"]), g.get("entries-read"), g.get("lag")
-        assert read is not None and lag is not None, "entries-read/lag unknown (Redis < 7?)"
+        assert read is not None, "entries-read unknown (Redis < 7?)"
+        assert lag is not None, "lag unknown (Redis < 7?)"
         done += int(read) - pending
         backlog += int(lag) + pending
     return done, backlog
@@ -502,7 +537,7 @@ async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int])
                 for i, (h, ws) in enumerate(zip(humans, conns, strict=True))
             ]
             # 1. baseline: the same conversations, no bulk traffic
-            idle = await converse(people, IDLE_SECONDS, "idle")
+            idle = await Conversations(people, "idle").run(IDLE_SECONDS)
             # 2. bulk capacity: offer more than the worker can persist, measure what it does
             flood = Flood(base, bot_chats, CALIBRATE_RATE, "c")
             await asyncio.sleep(WARMUP_S)
@@ -518,7 +553,7 @@ async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int])
             await asyncio.sleep(WARMUP_S)
             done0, backlog0 = await bulk_progress(redis)
             cpu, t0 = Cpu({**pids, "load generator": flood.proc.pid}), time.perf_counter()
-            busy = await converse(people, LIVE_SECONDS, "busy")
+            busy = await Conversations(people, "busy").run(LIVE_SECONDS)
             done1, backlog1 = await bulk_progress(redis)
             window = time.perf_counter() - t0
             cores = cpu.cores_busy()
@@ -528,7 +563,9 @@ async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int])
     return {
         "idle": {**percentiles(idle.latency), "lost": idle.lost},
         "saturated": {**percentiles(busy.latency), "lost": busy.lost},
-        "p99_ratio": round(percentiles(busy.latency)["p99_ms"] / percentiles(idle.latency)["p99_ms"], 1),
+        "p99_ratio": round(
+            percentiles(busy.latency)["p99_ms"] / percentiles(idle.latency)["p99_ms"], 1
+        ),
         "saturated_send_to_ack": percentiles(busy.to_ack),
         "saturated_accept_to_persisted": percentiles(persisted),
         "bulk": {
@@ -556,12 +593,9 @@ async def persisted_after_accept(local: LocalStack, ids: Sequence[str]) -> list[
         docs = client["chat"][COLLECTION].find(
             {"_id": {"$in": list(ids)}}, {"ts": 1, "persisted_at": 1}
         )
-        return [
-            (d["persisted_at"] - d["ts"]).total_seconds() * 1000 async for d in docs
-        ]
+        return [(d["persisted_at"] - d["ts"]).total_seconds() * 1000 async for d in docs]
     finally:
         await client.close()
-
 
 
 # --------------------------------------------------------------------------- runner
