@@ -51,10 +51,12 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 import zmq
 import zmq.asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness import main, per_core, table
 from chat.fanout import GatewayRegistry, topic
-from chat.keys import BULK_GROUP, KeySpace
+from chat.heartbeat import heartbeat_path
+from chat.keys import KeySpace
 from chat.localstack import EmbeddedRedis, LocalStack, free_port
 from chat.serialization import MessageFrame, encode_frame
 from chat.storage.mongo import COLLECTION
@@ -481,24 +483,37 @@ async def _flood(base: str, bots: list[tuple[str, int]], rate: float, run: str) 
     print(json.dumps({**counts, "cores_busy": round(cpu / wall, 2)}), flush=True)
 
 
-async def bulk_progress(client: Any) -> tuple[int, int]:
-    """(bulk entries acknowledged by the worker group = persisted, entries not yet
-    acknowledged = the backlog), over every partition, from XINFO GROUPS."""
-    done = backlog = 0
-    for part in KeySpace("", 16).all():
-        if not await client.exists(part.bulk):
-            continue
-        groups = {g["name"]: g for g in await client.xinfo_groups(part.bulk)}
-        g = groups.get(BULK_GROUP.encode())
-        if g is None:
-            backlog += int(await client.xlen(part.bulk))
-            continue
-        pending, read, lag = int(g["pending"]), g.get("entries-read"), g.get("lag")
-        assert read is not None, "entries-read unknown (Redis < 7?)"
-        assert lag is not None, "lag unknown (Redis < 7?)"
-        done += int(read) - pending
-        backlog += int(lag) + pending
-    return done, backlog
+@dataclass
+class BulkProgress:
+    """Reads the bulk pipeline's progress: entries added to the bulk streams (XINFO
+    STREAM ``entries-added``, unaffected by trimming) and the worker's own counters and
+    batch size (its ``/metrics``; the port is in its heartbeat file)."""
+
+    redis: Any
+    http: aiohttp.ClientSession
+    metrics_url: str
+
+    @classmethod
+    def of(cls, local: LocalStack, redis: Any, http: aiohttp.ClientSession) -> BulkProgress:
+        beat = json.loads(heartbeat_path(local.resolved["LOCAL_DIR"], "worker").read_text())
+        return cls(redis, http, f"http://127.0.0.1:{beat['health_port']}/metrics")
+
+    async def sample(self) -> tuple[int, int, int]:
+        """(bulk messages persisted, backlog = added - persisted, current batch size)."""
+        async with self.http.get(self.metrics_url) as resp:
+            text = await resp.text()
+        values = {
+            (s.name, s.labels.get("priority")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        persisted = int(values.get(("chat_persisted_total", "bulk"), 0))
+        added = 0
+        for part in KeySpace("", 16).all():
+            if await self.redis.exists(part.bulk):
+                added += int((await self.redis.xinfo_stream(part.bulk))["entries-added"])
+        target = int(values.get(("chat_batch_target", "bulk"), 0))
+        return persisted, added - persisted, target
 
 
 class Cpu:
@@ -524,13 +539,14 @@ class Cpu:
 async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int]) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
+    redis = aioredis.Redis.from_url(local.resolved["REDIS_URL"])
     async with aiohttp.ClientSession() as http:
+        progress = BulkProgress.of(local, redis, http)
         bots = await provision(http, base, BULK_CONNECTIONS)
         bot_chats = [(b["token"], await create_chat(http, base, b, [])) for b in bots]
         humans = [await signup_human(http, base, f"h{i}") for i in range(2 * LIVE_PAIRS)]
         chats = [await create_chat(http, base, a, [b["user_id"]])
                  for a, b in zip(humans[::2], humans[1::2], strict=True)]  # fmt: skip
-        redis = aioredis.Redis.from_url(local.resolved["REDIS_URL"])
         async with sockets(http, base, humans) as conns:
             people = [
                 Person(h["user_id"], ws, chats[i // 2], f"h{i}")
@@ -538,49 +554,60 @@ async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int])
             ]
             # 1. baseline: the same conversations, no bulk traffic
             idle = await Conversations(people, "idle").run(IDLE_SECONDS)
-            # 2. bulk capacity: offer more than the worker can persist, measure what it does
+            # 2. bulk capacity: offer more than the worker persists, count what it persists
             flood = Flood(base, bot_chats, CALIBRATE_RATE, "c")
             await asyncio.sleep(WARMUP_S)
-            done0, backlog_c0 = await bulk_progress(redis)
-            t0 = time.perf_counter()
+            (done0, cal0, _), t0 = await progress.sample(), time.perf_counter()
             await asyncio.sleep(CALIBRATE_SECONDS)
-            done1, backlog_c1 = await bulk_progress(redis)
+            done1, cal1, _ = await progress.sample()
             capacity = (done1 - done0) / (time.perf_counter() - t0)
             flood.stop()
-            # 3. saturated: offer SATURATION_FACTOR x capacity, converse meanwhile
+            # 3. saturated: offer SATURATION_FACTOR x capacity; the same conversations
             rate = round(SATURATION_FACTOR * capacity)
             flood = Flood(base, bot_chats, rate, "s")
             await asyncio.sleep(WARMUP_S)
-            done0, backlog0 = await bulk_progress(redis)
-            cpu, t0 = Cpu({**pids, "load generator": flood.proc.pid}), time.perf_counter()
+            (done0, backlog0, size0), t0 = await progress.sample(), time.perf_counter()
+            cpu = Cpu({**pids, "load generator": flood.proc.pid})
+            sizes = asyncio.create_task(_sample_sizes(progress, LIVE_SECONDS))
             busy = await Conversations(people, "busy").run(LIVE_SECONDS)
-            done1, backlog1 = await bulk_progress(redis)
+            done1, backlog1, _ = await progress.sample()
             window = time.perf_counter() - t0
             cores = cpu.cores_busy()
             generator = flood.stop()
-        await redis.aclose()
+            batch_sizes = await sizes
+    await redis.aclose()
     persisted = await persisted_after_accept(local, busy.ids)
+    idle_p, busy_p = percentiles(idle.latency), percentiles(busy.latency)
     return {
-        "idle": {**percentiles(idle.latency), "lost": idle.lost},
-        "saturated": {**percentiles(busy.latency), "lost": busy.lost},
-        "p99_ratio": round(
-            percentiles(busy.latency)["p99_ms"] / percentiles(idle.latency)["p99_ms"], 1
-        ),
+        "idle": {**idle_p, "lost": idle.lost},
+        "saturated": {**busy_p, "lost": busy.lost},
+        "p99_saturated_over_idle": round(busy_p["p99_ms"] / idle_p["p99_ms"], 1),
         "saturated_send_to_ack": percentiles(busy.to_ack),
         "saturated_accept_to_persisted": percentiles(persisted),
         "bulk": {
             "calibration_offered_per_s": CALIBRATE_RATE,
+            "calibration_backlog": f"{cal0} -> {cal1}",
             "capacity_persisted_per_s": round(capacity),
-            "calibration_backlog": [backlog_c0, backlog_c1],
             "offered_per_s": rate,
-            "accepted_per_s": round(generator["acked"] / (time.perf_counter() - flood.started)),
+            "generator_acked": generator["acked"],
             "persisted_per_s": round((done1 - done0) / window),
             "backlog_start": backlog0,
             "backlog_end": backlog1,
+            "worker_batch_size": f"{size0} at start, {min(batch_sizes)}..{max(batch_sizes)}",
             "window_s": round(window, 1),
         },
-        "cores_busy": cores,
+        "cores_busy": {**cores, "total": round(sum(cores.values()), 2)},
     }
+
+
+async def _sample_sizes(progress: BulkProgress, seconds: float) -> list[int]:
+    """The worker's adaptive batch size (chat_batch_target), twice a second."""
+    out: list[int] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        out.append((await progress.sample())[2])
+        await asyncio.sleep(0.5)
+    return out
 
 
 async def persisted_after_accept(local: LocalStack, ids: Sequence[str]) -> list[float]:
