@@ -43,36 +43,31 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = os.environ.get("TEST_REDIS_URL")
+def _server(env: str, default_port: int, embedded: EmbeddedRedis | EmbeddedMongo) -> Iterator[str]:
+    """The URL in ``env`` (failing if unreachable), else the embedded server's."""
+    url = os.environ.get(env)
     if url:
-        if not _reachable(url, 6379):
-            pytest.fail(f"TEST_REDIS_URL={url} is unreachable", pytrace=False)
+        if not _reachable(url, default_port):
+            pytest.fail(f"{env}={url} is unreachable", pytrace=False)
         yield url
         return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False)
-    server.start()
+    embedded.start()
     try:
-        yield server.url
+        yield embedded.url
     finally:
-        server.stop()
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _server(
+        "TEST_REDIS_URL", 6379, EmbeddedRedis(tmp_path_factory.mktemp("redis"), persistent=False)
+    )
 
 
 @pytest.fixture(scope="session")
 def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = os.environ.get("TEST_MONGO_URL")
-    if url:
-        if not _reachable(url, 27017):
-            pytest.fail(f"TEST_MONGO_URL={url} is unreachable", pytrace=False)
-        yield url
-        return
-    server = EmbeddedMongo(tmp_path_factory.mktemp("mongo"))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _server("TEST_MONGO_URL", 27017, EmbeddedMongo(tmp_path_factory.mktemp("mongo")))
 
 
 @pytest.fixture(scope="session")
