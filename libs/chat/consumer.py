@@ -690,46 +690,39 @@ class Consumer:
     async def _insert(
         self, part: _Partition, batch: _Batch, documents: list[NewMessage]
     ) -> InsertOutcome:
-        """Insert in chunks of the current batch size (one chunk unless the size shrank
-        since the read), each retried on its own, each in one insert slot."""
-        size = self.sizer.size
-        if len(documents) <= size:
-            return await self._retry(
-                "mongo", lambda: self._insert_chunk(documents), part, batch.ids
-            )
-        total = InsertOutcome()
-        for start in range(0, len(documents), size):
-            chunk = documents[start : start + size]
-            insert = functools.partial(self._insert_chunk, chunk)
-            out = await self._retry("mongo", insert, part, batch.ids)
+        """Insert ``documents`` in chunks of the batch size current when each chunk gets
+        its insert slot (one chunk unless the size shrank since the read); each chunk is
+        retried on its own."""
+        total: InsertOutcome | None = None
+        start = 0
+        while True:
+            insert = functools.partial(self._insert_next, documents, start)
+            out, n = await self._retry("mongo", insert, part, batch.ids)
+            if start == 0 and n == len(documents):
+                return out
+            if total is None:
+                total = InsertOutcome()
             total.inserted += out.inserted
             total.duplicates += out.duplicates
             total.failed += [(start + i, reason) for i, reason in out.failed]
             total.seconds += out.seconds
-        return total
+            start += n
+            if start >= len(documents):
+                return total
 
-    async def _insert_chunk(self, documents: Sequence[NewMessage]) -> InsertOutcome:
+    async def _insert_next(
+        self, documents: list[NewMessage], start: int
+    ) -> tuple[InsertOutcome, int]:
+        """Take an insert slot, then insert the next chunk from ``start``."""
         slots = self._insert_slots
         if slots is None:
-            return await self._timed_insert(documents)
+            chunk = documents[start : start + self.sizer.size]
+            return await self._timed_insert(chunk), len(chunk)
         waited = time.perf_counter()
         async with slots:
             self._m_stage["insert_wait"].observe(time.perf_counter() - waited)
-            return await self._timed_insert(documents)
-
-    async def _timed_insert(self, documents: Sequence[NewMessage]) -> InsertOutcome:
-        """One store insert; its duration (not the slot wait) feeds the batch sizer."""
-        self.inflight_inserts += 1
-        if self.inflight_inserts > self.inflight_peak:
-            self.inflight_peak = self.inflight_inserts
-        started = time.perf_counter()
-        try:
-            outcome = await self._store.insert(documents)
-        finally:
-            self.inflight_inserts -= 1
-        if self.sizer.observe(time.perf_counter() - started, len(documents)):
-            self._m_batch_target.set(self.sizer.size)
-        return outcome
+            chunk = documents[start : start + self.sizer.size]
+            return await self._timed_insert(chunk), len(chunk)
 
     async def _enrich(self, batch: _Batch) -> list[NewMessage]:
         names = await self._enricher.sender_names(m.sender_id for m, _, _ in batch.messages)

@@ -60,7 +60,7 @@ class MakeRun:
 
     def interrupt(self) -> list[psutil.Process]:
         """Ctrl-C; returns the children it had, for the caller to check they are gone."""
-        children = psutil.Process(self.proc.pid).children(recursive=True)
+        children: list[psutil.Process] = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.send_signal(signal.SIGINT)
         assert self.proc.wait(60 * UNIT) == 0
         return children
@@ -69,11 +69,9 @@ class MakeRun:
 def _wait_for_message(base: str, token: str, chat_id: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 30 * UNIT
     while time.monotonic() < deadline:
-        messages: list[dict[str, Any]] = _call(
-            base, "GET", f"/api/v1/chats/{chat_id}/messages", token=token
-        )["messages"]
-        if messages:
-            return messages
+        body = _call(base, "GET", f"/api/v1/chats/{chat_id}/messages", token=token)
+        if body["messages"]:
+            return list(body["messages"])
         time.sleep(0.2)
     pytest.fail("the message was never persisted")
 
