@@ -483,6 +483,32 @@ async def _flood(base: str, bots: list[tuple[str, int]], rate: float, run: str) 
     print(json.dumps({**counts, "cores_busy": round(cpu / wall, 2)}), flush=True)
 
 
+def metrics_url(local: LocalStack, service: str) -> str:
+    """A worker/priority process's /metrics (its health port is in its heartbeat file)."""
+    beat = json.loads(heartbeat_path(local.resolved["LOCAL_DIR"], service).read_text())
+    return f"http://127.0.0.1:{beat['health_port']}/metrics"
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, str | None], float]:
+    """{(sample name, its ``priority`` or ``stage`` label): value} of one /metrics."""
+    async with http.get(url) as resp:
+        text = await resp.text()
+    return {
+        (s.name, s.labels.get("priority") or s.labels.get("stage")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if "le" not in s.labels
+    }
+
+
+def mean_ms(a: Mapping[tuple[str, str | None], float], b: Mapping[Any, float], key: Any) -> float:
+    """Mean of a histogram (name, label) between two scrapes, in ms."""
+    name, label = key
+    n = b.get((f"{name}_count", label), 0) - a.get((f"{name}_count", label), 0)
+    total = b.get((f"{name}_sum", label), 0) - a.get((f"{name}_sum", label), 0)
+    return round(total / n * 1000, 1) if n else 0.0
+
+
 @dataclass
 class BulkProgress:
     """Reads the bulk pipeline's progress: entries added to the bulk streams (XINFO
@@ -495,18 +521,11 @@ class BulkProgress:
 
     @classmethod
     def of(cls, local: LocalStack, redis: Any, http: aiohttp.ClientSession) -> BulkProgress:
-        beat = json.loads(heartbeat_path(local.resolved["LOCAL_DIR"], "worker").read_text())
-        return cls(redis, http, f"http://127.0.0.1:{beat['health_port']}/metrics")
+        return cls(redis, http, metrics_url(local, "worker"))
 
     async def sample(self) -> tuple[int, int, int]:
         """(bulk messages persisted, backlog = added - persisted, current batch size)."""
-        async with self.http.get(self.metrics_url) as resp:
-            text = await resp.text()
-        values = {
-            (s.name, s.labels.get("priority")): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+        values = await scrape(self.http, self.metrics_url)
         persisted = int(values.get(("chat_persisted_total", "bulk"), 0))
         added = 0
         for part in KeySpace("", 16).all():
@@ -552,6 +571,9 @@ async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int])
                 Person(h["user_id"], ws, chats[i // 2], f"h{i}")
                 for i, (h, ws) in enumerate(zip(humans, conns, strict=True))
             ]
+            # ZeroMQ drops what is published before a new subscription reaches the
+            # publisher (a client would `resume`): one unmeasured exchange first.
+            await Conversations(people, "warm").run(2.0)
             # 1. baseline: the same conversations, no bulk traffic
             idle = await Conversations(people, "idle").run(IDLE_SECONDS)
             # 2. bulk capacity: offer more than the worker persists, count what it persists
@@ -567,23 +589,27 @@ async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int])
             flood = Flood(base, bot_chats, rate, "s")
             await asyncio.sleep(WARMUP_S)
             (done0, backlog0, size0), t0 = await progress.sample(), time.perf_counter()
+            live_url = metrics_url(local, "priority")
+            live0 = await scrape(http, live_url)
             cpu = Cpu({**pids, "load generator": flood.proc.pid})
             sizes = asyncio.create_task(_sample_sizes(progress, LIVE_SECONDS))
             busy = await Conversations(people, "busy").run(LIVE_SECONDS)
             done1, backlog1, _ = await progress.sample()
+            live1 = await scrape(http, live_url)
             window = time.perf_counter() - t0
             cores = cpu.cores_busy()
             generator = flood.stop()
             batch_sizes = await sizes
     await redis.aclose()
-    persisted = await persisted_after_accept(local, busy.ids)
     idle_p, busy_p = percentiles(idle.latency), percentiles(busy.latency)
     return {
-        "idle": {**idle_p, "lost": idle.lost},
-        "saturated": {**busy_p, "lost": busy.lost},
+        "idle": {**idle_p, "lost": idle.lost, **await stages(local, idle)},
+        "saturated": {**busy_p, "lost": busy.lost, **await stages(local, busy)},
         "p99_saturated_over_idle": round(busy_p["p99_ms"] / idle_p["p99_ms"], 1),
-        "saturated_send_to_ack": percentiles(busy.to_ack),
-        "saturated_accept_to_persisted": percentiles(persisted),
+        "saturated_priority_means_ms": {  # the priority process's own histograms
+            "insert": mean_ms(live0, live1, ("chat_stage_seconds", "store")),
+            "accept_to_publish": mean_ms(live0, live1, ("chat_accept_to_publish_seconds", "live")),
+        },
         "bulk": {
             "calibration_offered_per_s": CALIBRATE_RATE,
             "calibration_backlog": f"{cal0} -> {cal1}",
@@ -610,9 +636,24 @@ async def _sample_sizes(progress: BulkProgress, seconds: float) -> list[int]:
     return out
 
 
-async def persisted_after_accept(local: LocalStack, ids: Sequence[str]) -> list[float]:
-    """accept (``ts``) -> stored (``persisted_at``) in ms of the probed live messages: the
-    priority pipeline's share of the latency, both stamps from this machine's clock."""
+async def stages(local: LocalStack, probe: Probe) -> dict[str, str]:
+    """Where the time went: p50 / p99 of send -> ack (gateway + enqueue) and of accept ->
+    insert sent (priority read); the rest of the end-to-end is the insert itself and
+    the fan-out back."""
+    out = {}
+    for name, values in (
+        ("send_to_ack", probe.to_ack),
+        ("accept_to_insert", await insert_after_accept(local, probe.ids)),
+    ):
+        p = percentiles(values)
+        out[name] = f"p50 {p['p50_ms']} / p99 {p['p99_ms']} ms"
+    return out
+
+
+async def insert_after_accept(local: LocalStack, ids: Sequence[str]) -> list[float]:
+    """accept (``ts``) -> insert sent (``persisted_at``, stamped as the priority builds
+    the documents) in ms of the probed live messages; both stamps from this machine's
+    clock (Redis TIME and the priority process)."""
     from pymongo import AsyncMongoClient
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(local.resolved["MONGO_URL"])

@@ -158,14 +158,14 @@ class Settings(BaseSettings):
     bulk_max_inflight_inserts: int = Field(
         1,
         ge=0,
-        description="Worker (bulk): Mongo inserts in flight per process (0 = one per partition);"
-        " each one is wait added to every live insert.",
+        description="Worker (bulk): Mongo inserts in flight per process (0 = one per partition"
+        " reader); each slot adds up to one insert to every live insert's wait.",
     )
     bulk_insert_budget_ms: float = Field(
         25.0,
         ge=0,
-        description="Worker (bulk): target duration of one insert; the batch size adapts"
-        " (AIMD) to stay within it (0 = fixed BATCH).",
+        description="Worker (bulk): target duration of one insert, the batch size adapts (AIMD)"
+        " to it; lower shortens live waits, costs bulk throughput (0 = fixed BATCH).",
     )
     bulk_min_batch: int = Field(
         20, ge=1, description="Worker (bulk): floor (and start) of the adaptive batch size."

@@ -210,10 +210,12 @@ class ConsumerOptions:
                         readers (None: one per reader, unlimited). It is how much of the
                         shared database writer this process may occupy: each slot adds up
                         to one insert (``insert_budget_ms``) to the wait of every other
-                        writer, live included. Fewer slots cost bulk throughput only when
-                        the database could have overlapped the inserts (a sharded
-                        cluster), and leave the batches of the other readers waiting,
-                        read but unacked (bulk latency, not loss).
+                        writer, live included. Fewer slots cost bulk throughput (the
+                        database idles during the worker's own round trips between two
+                        inserts, and cannot overlap inserts where it could, e.g. sharded)
+                        and leave the other readers' batches waiting, read but unacked
+                        (bulk latency, not loss). The live class keeps None: its inserts
+                        are a few documents, and a limit would queue live behind live.
     ``insert_budget_ms``
                         target duration of one insert (None: fixed ``batch``). The batch
                         size adapts so an insert stays within it: halved after an insert
@@ -723,6 +725,20 @@ class Consumer:
             self._m_stage["insert_wait"].observe(time.perf_counter() - waited)
             chunk = documents[start : start + self.sizer.size]
             return await self._timed_insert(chunk), len(chunk)
+
+    async def _timed_insert(self, documents: list[NewMessage]) -> InsertOutcome:
+        """One store insert; its duration (not the slot wait) feeds the batch sizer."""
+        self.inflight_inserts += 1
+        if self.inflight_inserts > self.inflight_peak:
+            self.inflight_peak = self.inflight_inserts
+        started = time.perf_counter()
+        try:
+            outcome = await self._store.insert(documents)
+        finally:
+            self.inflight_inserts -= 1
+        if self.sizer.observe(time.perf_counter() - started, len(documents)):
+            self._m_batch_target.set(self.sizer.size)
+        return outcome
 
     async def _enrich(self, batch: _Batch) -> list[NewMessage]:
         names = await self._enricher.sender_names(m.sender_id for m, _, _ in batch.messages)

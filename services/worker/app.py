@@ -2,7 +2,10 @@
 
 Throughput-tuned: large batches (BATCH, default 500) amortise the XREADGROUP, Mongo
 ``insert_many`` and XACK round trips; a long block (BLOCK_MS, default 1000) keeps idle
-partitions cheap. The pipeline itself is :mod:`chat.consumer`, shared with priority.
+partitions cheap. It never hogs the database the priority service also writes to: at
+most BULK_MAX_INFLIGHT_INSERTS inserts in flight (default 1) and inserts sized to
+BULK_INSERT_BUDGET_MS (default 25 ms). The pipeline itself is :mod:`chat.consumer`,
+shared with priority.
 """
 
 from __future__ import annotations
