@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -194,76 +194,64 @@ def _parse_reply(message: QueuedMessage, reply: bytes) -> Accepted | Unavailable
     return Accepted(message.id, message.chat_id, int(seq), int(ts), message.priority)
 
 
-class BatchingEnqueuer:
-    """Coalesces the enqueues requested in one event-loop tick into one batch.
+_Waiter = tuple[QueuedMessage, "asyncio.Future[Accepted]"]
 
-    Each caller awaits its own result; the first caller of a tick schedules the flush
-    with ``call_soon``, so a burst of frames read from many sockets in the same tick
-    costs one script call per partition instead of one per message. ``max_batch`` caps
-    the script's run time (Redis is single-threaded: a huge script delays every client).
 
-    Batches run one after the other, in submission order: concurrent batches could reach
-    Redis out of order over different pooled connections, and a client's pipelined sends
-    to one chat would get their seqs shuffled. While a batch is in flight the next one
-    accumulates (up to ``max_batch``) and goes out when it returns, so the batch size
-    grows with the load instead of the number of round trips.
+class _Lane:
+    """One ordered queue of enqueues: batches run one after the other, in order.
+
+    Concurrent batches could reach Redis out of order over different pooled connections,
+    and a client's pipelined sends to one chat would get their seqs shuffled. While a
+    batch is in flight the next one accumulates (up to ``max_batch``) and goes out when it
+    returns, so the batch size grows with the load instead of the number of round trips.
     """
 
-    def __init__(self, enqueuer: Enqueuer, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, enqueuer: Enqueuer, max_batch: int, done: Callable[[QueuedMessage], None]
+    ) -> None:
         self._enqueuer = enqueuer
         self._max_batch = max_batch
-        self._pending: list[tuple[QueuedMessage, asyncio.Future[Accepted]]] = []
+        self._done = done
+        self.pending: list[_Waiter] = []
         self._scheduled = False
-        self._inflight: set[asyncio.Task[None]] = set()
+        self.inflight: set[asyncio.Task[None]] = set()
         self._tail: asyncio.Task[None] | None = None
 
-    async def enqueue(self, message: QueuedMessage) -> Accepted:
-        """Accept one message; raises :class:`Unavailable` or the Redis error."""
-        return await self.submit(message)
-
-    def submit(self, message: QueuedMessage) -> asyncio.Future[Accepted]:
-        """:meth:`enqueue` without a coroutine: the returned future resolves to the
-        :class:`Accepted` or fails with :class:`Unavailable`. The gateway's hot path adds a
-        done-callback instead of creating a task per frame."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Accepted] = loop.create_future()
-        self._pending.append((message, fut))
-        if len(self._pending) >= self._max_batch:
-            self._flush()
+    def add(self, message: QueuedMessage, fut: asyncio.Future[Accepted]) -> None:
+        self.pending.append((message, fut))
+        if len(self.pending) >= self._max_batch:
+            self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return fut
+            asyncio.get_running_loop().call_soon(self.flush)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         self._scheduled = False
-        if not self._pending:
+        if not self.pending:
             return
         busy = self._tail is not None and not self._tail.done()
-        if busy and len(self._pending) < self._max_batch:
+        if busy and len(self.pending) < self._max_batch:
             return  # the batch in flight flushes these when it completes (see _run)
-        batch, self._pending = self._pending, []
+        batch, self.pending = self.pending, []
         task = asyncio.ensure_future(self._run(batch, self._tail))
         self._tail = task
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
 
-    async def _run(
-        self,
-        batch: list[tuple[QueuedMessage, asyncio.Future[Accepted]]],
-        after: asyncio.Task[None] | None = None,
-    ) -> None:
+    async def _run(self, batch: list[_Waiter], after: asyncio.Task[None] | None) -> None:
         if after is not None and not after.done():
             await asyncio.wait([after])  # keeps submission order; never raises
         try:
             await self._run_batch(batch)
         finally:
-            if self._pending and not self._scheduled:
+            for m, _ in batch:
+                self._done(m)
+            if self.pending and not self._scheduled:
                 # What arrived while this batch was in flight is the next batch.
                 self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                asyncio.get_running_loop().call_soon(self.flush)
 
-    async def _run_batch(self, batch: list[tuple[QueuedMessage, asyncio.Future[Accepted]]]) -> None:
+    async def _run_batch(self, batch: list[_Waiter]) -> None:
         try:
             results = await self._enqueuer.enqueue([m for m, _ in batch])
         except Exception as e:
@@ -280,11 +268,62 @@ class BatchingEnqueuer:
             else:
                 fut.set_exception(r)
 
+
+class BatchingEnqueuer:
+    """Coalesces the enqueues requested in one event-loop tick into one batch per lane.
+
+    Each caller awaits its own result; the first caller of a tick schedules the flush
+    with ``call_soon``, so a burst of frames read from many sockets in the same tick
+    costs one script call per partition instead of one per message. ``max_batch`` caps
+    the script's run time (Redis is single-threaded: a huge script delays every client).
+
+    **Two lanes.** Live messages have their own lane, so an interactive send never waits
+    behind a bulk batch in flight and the bulk messages piling up behind it (invariant 3
+    at the gateway). Each lane keeps submission order. Across lanes, one sender's order
+    is kept too: while a sender has messages in the bulk lane (a person just demoted to
+    bulk by the live budget), their next live messages queue in the bulk lane behind
+    them; they are still live messages, only their enqueue waits.
+    """
+
+    def __init__(self, enqueuer: Enqueuer, *, max_batch: int = 256) -> None:
+        self._bulk_by_sender: dict[int, int] = {}
+        self._live = _Lane(enqueuer, max_batch, _nothing)
+        self._bulk = _Lane(enqueuer, max_batch, self._bulk_done)
+
+    async def enqueue(self, message: QueuedMessage) -> Accepted:
+        """Accept one message; raises :class:`Unavailable` or the Redis error."""
+        return await self.submit(message)
+
+    def submit(self, message: QueuedMessage) -> asyncio.Future[Accepted]:
+        """:meth:`enqueue` without a coroutine: the returned future resolves to the
+        :class:`Accepted` or fails with :class:`Unavailable`. The gateway's hot path adds a
+        done-callback instead of creating a task per frame."""
+        fut: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        sender = message.sender_id
+        if message.priority == "live" and sender not in self._bulk_by_sender:
+            self._live.add(message, fut)
+        else:
+            self._bulk_by_sender[sender] = self._bulk_by_sender.get(sender, 0) + 1
+            self._bulk.add(message, fut)
+        return fut
+
+    def _bulk_done(self, message: QueuedMessage) -> None:
+        left = self._bulk_by_sender.pop(message.sender_id, 1) - 1
+        if left:
+            self._bulk_by_sender[message.sender_id] = left
+
     async def drain(self) -> None:
         """Wait until every submitted message has its result (graceful shutdown)."""
-        while self._pending or self._inflight:
-            self._flush()
-            if self._inflight:
-                await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        lanes = (self._live, self._bulk)
+        while any(lane.pending or lane.inflight for lane in lanes):
+            for lane in lanes:
+                lane.flush()
+            inflight = [t for lane in lanes for t in lane.inflight]
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
             else:
                 await asyncio.sleep(0)
+
+
+def _nothing(_: QueuedMessage) -> None:
+    return None

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from typing import Any
 
+import msgspec
 import pytest
 from redis.crc import key_slot
 
@@ -112,6 +113,56 @@ async def test_batching_enqueuer_coalesces_one_tick(redis: Any, settings: Settin
     results = await asyncio.gather(*(batching.enqueue(msg(11)) for _ in range(50)))
     assert sorted(r.seq for r in results) == list(range(1, 51))
     assert calls == 1
+
+
+def _gate_bulk(enq: Enqueuer, gate: asyncio.Event) -> None:
+    """Make every script call that carries a bulk message wait for ``gate``."""
+    original = enq.enqueue
+
+    async def gated(messages: Any) -> Any:
+        if any(m.priority == "bulk" for m in messages):
+            await gate.wait()
+        return await original(messages)
+
+    enq.enqueue = gated  # type: ignore[method-assign]
+
+
+async def test_live_send_is_not_queued_behind_a_bulk_batch(redis: Any, settings: Settings) -> None:
+    """While a bulk batch is stuck in flight, a live send from another person is accepted;
+    the bulk sends complete once released."""
+    enq = make(redis, settings)
+    gate = asyncio.Event()
+    _gate_bulk(enq, gate)
+    batching = BatchingEnqueuer(enq)
+    bulk = [batching.submit(msg(21)) for _ in range(100)]
+    await asyncio.sleep(0)
+    live = await asyncio.wait_for(batching.enqueue(_from(msg(22, priority="live"), 8)), 5)
+    assert live.seq == 1
+    assert not any(f.done() for f in bulk)
+    gate.set()
+    assert sorted(r.seq for r in await asyncio.gather(*bulk)) == list(range(1, 101))
+
+
+async def test_one_senders_order_holds_across_lanes(redis: Any, settings: Settings) -> None:
+    """A person demoted to bulk then live again keeps send order: the live message waits
+    for that sender's bulk messages and gets the next seq."""
+    enq = make(redis, settings)
+    gate = asyncio.Event()
+    _gate_bulk(enq, gate)
+    batching = BatchingEnqueuer(enq)
+    first = batching.submit(msg(23))
+    await asyncio.sleep(0)
+    second = batching.submit(msg(23, priority="live"))
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    gate.set()
+    a, b = await first, await second
+    assert (a.seq, b.seq, b.priority) == (1, 2, "live")
+    await batching.drain()
+
+
+def _from(message: QueuedMessage, sender_id: int) -> QueuedMessage:
+    return msgspec.structs.replace(message, sender_id=sender_id)
 
 
 @pytest.mark.parametrize("partitions", [1, 16, 1024])
