@@ -128,6 +128,26 @@ end
 return moved
 """
 
+#: Forget consumers of a group that hold nothing and have not read for ARGV[3] ms: the
+#: names of crashed or replaced tasks (every process joins as hostname-pid). Atomic, so a
+#: consumer cannot get pending entries between the check and the delete; one with
+#: pending entries is never removed (that would drop them from the pending list).
+#: KEYS: stream. ARGV: group, own name, idle ms. Returns how many were removed.
+FORGET_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+      and tonumber(info['idle']) >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
 #: Trim acknowledged entries and report the lag of one group on one stream.
 #: KEYS: stream. ARGV: group, trim (1|0).
 #: Returns {pending, undelivered, oldest unacked id or '', trimmed}.
@@ -203,6 +223,10 @@ class ConsumerOptions:
     ``retry_initial_s``, ``retry_max_s``
                         backoff while a dependency is down: the first retry is quick, the
                         cap bounds how late recovery is noticed.
+    ``forget_idle_ms``  a consumer name holding nothing and silent this long is removed
+                        from the group at the next reclaim run (crashed or replaced
+                        tasks). Must be far above ``block_ms``: a live reader touches its
+                        name at least every ``block_ms``.
     ``stuck_after_s``   a reader that made no progress (not even a failed retry) for this
                         long makes the process unhealthy, so it is restarted.
     ``max_inflight_inserts``
@@ -240,6 +264,7 @@ class ConsumerOptions:
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
     stuck_after_s: float = 120.0
+    forget_idle_ms: int = 3_600_000
     max_inflight_inserts: int | None = None
     insert_budget_ms: float | None = None
     min_batch: int = 1
@@ -375,6 +400,7 @@ class Consumer:
         self._enricher = enricher
         self._sink = sink
         self._dead_letter: Any = redis.register_script(DEAD_LETTER_LUA)
+        self._forget: Any = redis.register_script(FORGET_LUA)
         self._sweep_script: Any = redis.register_script(SWEEP_LUA)
         indices = range(keyspace.partitions) if partitions is None else partitions
         now = time.monotonic()
@@ -573,6 +599,11 @@ class Consumer:
                 await self._handle(part, claimed, fresh=False)
             if start in (b"0-0", "0-0"):
                 break
+        forgotten = await self._forget(
+            keys=[part.key], args=[opts.group, opts.consumer, opts.forget_idle_ms]
+        )
+        if forgotten:
+            log.info("forgot idle consumers", extra={"stream": part.key, "consumers": forgotten})
         if total:
             log.info(
                 "reclaimed entries",

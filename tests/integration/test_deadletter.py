@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from chat.config import Settings
-from chat.consumer import DEAD_LETTER_LUA
+from chat.consumer import DEAD_LETTER_LUA, FORGET_LUA
 from chat.deadletter import DeadLetters
 from chat.keys import BULK_GROUP, KeySpace
 
@@ -77,3 +77,19 @@ def test_cli_lists_and_refuses_changes_without_yes(settings: Settings) -> None:
         check=True,
     )
     assert "listed 0; 0 left" in listed.stderr
+
+
+async def test_idle_consumers_holding_nothing_are_forgotten(redis: Any, settings: Settings) -> None:
+    """The reclaim run's script removes group members that hold nothing and are idle past
+    the threshold; a member with pending entries, and this consumer, always stay."""
+    part = KeySpace(settings.redis_key_prefix, settings.stream_partitions).partition(1)
+    await redis.xgroup_create(part.bulk, BULK_GROUP, id="0", mkstream=True)
+    await redis.xgroup_createconsumer(part.bulk, BULK_GROUP, "ghost")
+    await redis.xgroup_createconsumer(part.bulk, BULK_GROUP, "me")
+    await redis.xadd(part.bulk, {"m": "[]", "s": "1", "t": "1"})
+    await redis.xreadgroup(BULK_GROUP, "holder", {part.bulk: ">"}, count=1)
+    forget = redis.register_script(FORGET_LUA)
+    assert await forget(keys=[part.bulk], args=[BULK_GROUP, "me", 3_600_000]) == 0
+    assert await forget(keys=[part.bulk], args=[BULK_GROUP, "me", 0]) == 1
+    names = {c["name"] for c in await redis.xinfo_consumers(part.bulk, BULK_GROUP)}
+    assert names == {b"me", b"holder"} or names == {"me", "holder"}
