@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from chat import metrics
-from chat.errors import BadRequest, Forbidden, TooLarge, Unavailable
+from chat.errors import BadRequest, ClientError, Forbidden, TooLarge, Unavailable
 from chat.ids import new_message_id
 from chat.serialization import QueuedMessage
 from chat.storage.attachments import AttachmentStore, owner_of
@@ -112,9 +112,8 @@ class Sender:
             await self._membership.require_member(chat_id, who.user_id)
             for key in attachments:
                 await self._attachments.info(key)  # NotFound until the upload happened
-        except Exception as e:
-            if hasattr(e, "client_id"):
-                e.client_id = client_id
+        except ClientError as e:  # not a member, attachment not uploaded: tag the reply
+            e.client_id = client_id
             raise
         return self._queued(who, chat_id, text, attachments, client_id)
 
