@@ -207,7 +207,10 @@ class _Lane:
     """
 
     def __init__(
-        self, enqueuer: Enqueuer, max_batch: int, done: Callable[[QueuedMessage], None]
+        self,
+        enqueuer: Enqueuer,
+        max_batch: int,
+        done: Callable[[QueuedMessage], None] | None = None,
     ) -> None:
         self._enqueuer = enqueuer
         self._max_batch = max_batch
@@ -244,8 +247,9 @@ class _Lane:
         try:
             await self._run_batch(batch)
         finally:
-            for m, _ in batch:
-                self._done(m)
+            if self._done is not None:
+                for m, _ in batch:
+                    self._done(m)
             if self.pending and not self._scheduled:
                 # What arrived while this batch was in flight is the next batch.
                 self._scheduled = True
@@ -287,7 +291,7 @@ class BatchingEnqueuer:
 
     def __init__(self, enqueuer: Enqueuer, *, max_batch: int = 256) -> None:
         self._bulk_by_sender: dict[int, int] = {}
-        self._live = _Lane(enqueuer, max_batch, _nothing)
+        self._live = _Lane(enqueuer, max_batch)
         self._bulk = _Lane(enqueuer, max_batch, self._bulk_done)
 
     async def enqueue(self, message: QueuedMessage) -> Accepted:
@@ -323,7 +327,3 @@ class BatchingEnqueuer:
                 await asyncio.gather(*inflight, return_exceptions=True)
             else:
                 await asyncio.sleep(0)
-
-
-def _nothing(_: QueuedMessage) -> None:
-    return None
