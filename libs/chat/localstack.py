@@ -75,6 +75,8 @@ class EmbeddedRedis:
     persistent: bool = True
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    #: More ``redis-server`` options (tests start a cluster-mode node with them).
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -91,6 +93,7 @@ class EmbeddedRedis:
             "--save", "",
             "--appendonly", "yes" if self.persistent else "no",
             "--protected-mode", "yes",
+            *self.extra_args,
         ]  # fmt: skip
         log = (self.data_dir / "redis.log").open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603

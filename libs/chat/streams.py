@@ -22,12 +22,16 @@ in the same atomic step; a script does it in one round trip with no WATCH retrie
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
+from chat import metrics
 from chat.errors import Unavailable
 from chat.keys import KeySpace, PartitionKeys, partition_of
 from chat.serialization import Priority, QueuedMessage, encode_queued
@@ -88,6 +92,8 @@ end
 return out
 """
 
+log = logging.getLogger(__name__)
+
 _PRIO_CODE: dict[str, str] = {"live": "l", "bulk": "b"}
 _batch_encoder = msgspec.msgpack.Encoder()
 _PRIO_NAME: dict[bytes, Priority] = {b"l": "live", b"b": "bulk"}
@@ -119,10 +125,22 @@ class ScriptRunner(Protocol):
 
 
 class Enqueuer:
-    """Runs the enqueue script, one call per partition touched by the batch."""
+    """Runs the enqueue script, one call per partition touched by the batch.
+
+    Against one Redis server (``redis.asyncio.Redis``) the calls of a batch that spans
+    several partitions go out in one pipeline: one write and one read for the whole
+    batch instead of one round trip (and one pooled connection) per partition, which is
+    what a gateway tick costs when its frames come from many chats. A cluster client
+    (``RedisCluster``) sends each call to its partition's shard concurrently instead:
+    redis-py refuses EVALSHA in cluster pipelines.
+    """
 
     def __init__(self, redis: Any, keyspace: KeySpace, *, idempotency_ttl_s: int, max_len: int):
-        self._script: ScriptRunner = redis.register_script(ENQUEUE_LUA)
+        self._redis = redis
+        script = redis.register_script(ENQUEUE_LUA)
+        self._script: ScriptRunner = script
+        self._sha: str = script.sha
+        self._pipelined = isinstance(redis, aioredis.Redis)
         self._keyspace = keyspace
         self._parts = keyspace.all()  # key names built once, not per message
         self._ttl = str(idempotency_ttl_s).encode()
@@ -134,7 +152,8 @@ class Enqueuer:
 
         A Redis error (connection lost, failover) propagates: none of the failed
         partition's messages can be assumed accepted, and a resend with the same
-        client_id is safe.
+        client_id is safe. In a pipelined batch, a partition whose call fails on its own
+        (an error reply) answers :class:`Unavailable` for its messages only.
         """
         by_partition: dict[int, list[int]] = defaultdict(list)
         n = self._keyspace.partitions
@@ -151,15 +170,15 @@ class Enqueuer:
         if len(by_partition) == 1:
             ((p, idx),) = by_partition.items()
             await run(p, idx)
+        elif self._pipelined:
+            await self._run_pipelined(messages, by_partition, results)
         else:
             async with asyncio.TaskGroup() as tg:
                 for p, idx in by_partition.items():
                     tg.create_task(run(p, idx))
         return [r for r in results if r is not None]
 
-    async def _run_partition(
-        self, part: PartitionKeys, batch: Sequence[QueuedMessage]
-    ) -> list[Accepted | Unavailable]:
+    def _args(self, part: PartitionKeys, batch: Sequence[QueuedMessage]) -> tuple[Any, ...]:
         batch_arg = _batch_encoder.encode(
             [
                 (
@@ -172,9 +191,42 @@ class Enqueuer:
                 for m in batch
             ]
         )
-        args = (self._ttl, self._max_len, part.cid_prefix, batch_arg)
-        replies = await self._script(keys=[part.seq, part.ts, part.live, part.bulk], args=args)
+        return (self._ttl, self._max_len, part.cid_prefix, batch_arg)
+
+    async def _run_partition(
+        self, part: PartitionKeys, batch: Sequence[QueuedMessage]
+    ) -> list[Accepted | Unavailable]:
+        keys = [part.seq, part.ts, part.live, part.bulk]
+        replies = await self._script(keys=keys, args=self._args(part, batch))
         return [_parse_reply(m, r) for m, r in zip(batch, replies, strict=True)]
+
+    async def _run_pipelined(
+        self,
+        messages: Sequence[QueuedMessage],
+        by_partition: dict[int, list[int]],
+        results: list[Accepted | Unavailable | None],
+    ) -> None:
+        parts = self._parts
+        calls = [(parts[p], [messages[i] for i in idx], idx) for p, idx in by_partition.items()]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for part, batch, _ in calls:
+                pipe.evalsha(
+                    self._sha, 4, part.seq, part.ts, part.live, part.bulk, *self._args(part, batch)
+                )
+            replies = await pipe.execute(raise_on_error=False)
+        for (part, batch, idx), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                # Not cached on this server yet (first use, restart, failover): nothing
+                # ran; the script object loads it and runs the call again.
+                outcome: list[Accepted | Unavailable] = await self._run_partition(part, batch)
+            elif isinstance(reply, Exception):
+                log.warning("enqueue failed", extra={"messages": len(batch), "error": repr(reply)})
+                refused = f"queue unavailable: {type(reply).__name__}"
+                outcome = [Unavailable(refused, client_id=m.client_id) for m in batch]
+            else:
+                outcome = [_parse_reply(m, r) for m, r in zip(batch, reply, strict=True)]
+            for i, r in zip(idx, outcome, strict=True):
+                results[i] = r
 
 
 def _parse_reply(message: QueuedMessage, reply: bytes) -> Accepted | Unavailable:
@@ -194,7 +246,47 @@ def _parse_reply(message: QueuedMessage, reply: bytes) -> Accepted | Unavailable
     return Accepted(message.id, message.chat_id, int(seq), int(ts), message.priority)
 
 
-_Waiter = tuple[QueuedMessage, "asyncio.Future[Accepted]"]
+#: Called once with a message's outcome, as soon as its batch's reply arrives.
+Done = Callable[[Accepted | Unavailable], None]
+_Waiter = tuple[QueuedMessage, Done]
+
+_ENQUEUED = {p: metrics.ENQUEUED.labels(priority=p) for p in ("live", "bulk")}
+_REJECTED = metrics.ENQUEUE_REJECTED.labels(reason="unavailable")
+
+
+def _resolver(fut: asyncio.Future[Accepted]) -> Done:
+    def done(result: Accepted | Unavailable) -> None:
+        if fut.done():  # the caller gave up (cancelled)
+            return
+        if isinstance(result, Accepted):
+            fut.set_result(result)
+        else:
+            fut.set_exception(result)
+
+    return done
+
+
+def _count(results: Sequence[Accepted | Unavailable]) -> None:
+    """The enqueue counters, once per batch rather than once per message."""
+    live = bulk = duplicates = refused = 0
+    for r in results:
+        if type(r) is Accepted:
+            if r.duplicate:
+                duplicates += 1
+            elif r.priority == "live":
+                live += 1
+            else:
+                bulk += 1
+        else:
+            refused += 1
+    for counter, n in (
+        (_ENQUEUED["live"], live),
+        (_ENQUEUED["bulk"], bulk),
+        (metrics.DUPLICATE_SENDS, duplicates),
+        (_REJECTED, refused),
+    ):
+        if n:
+            counter.inc(n)
 
 
 class _Lane:
@@ -210,18 +302,18 @@ class _Lane:
         self,
         enqueuer: Enqueuer,
         max_batch: int,
-        done: Callable[[QueuedMessage], None] | None = None,
+        finished: Callable[[list[_Waiter]], None],
     ) -> None:
         self._enqueuer = enqueuer
         self._max_batch = max_batch
-        self._done = done
+        self._finished = finished
         self.pending: list[_Waiter] = []
         self._scheduled = False
         self.inflight: set[asyncio.Task[None]] = set()
         self._tail: asyncio.Task[None] | None = None
 
-    def add(self, message: QueuedMessage, fut: asyncio.Future[Accepted]) -> None:
-        self.pending.append((message, fut))
+    def add(self, message: QueuedMessage, done: Done) -> None:
+        self.pending.append((message, done))
         if len(self.pending) >= self._max_batch:
             self.flush()
         elif not self._scheduled:
@@ -247,74 +339,88 @@ class _Lane:
         try:
             await self._run_batch(batch)
         finally:
-            if self._done is not None:
-                for m, _ in batch:
-                    self._done(m)
+            self._finished(batch)
             if self.pending and not self._scheduled:
                 # What arrived while this batch was in flight is the next batch.
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush)
 
     async def _run_batch(self, batch: list[_Waiter]) -> None:
+        results: list[Accepted | Unavailable]
         try:
             results = await self._enqueuer.enqueue([m for m, _ in batch])
         except Exception as e:
+            log.warning("enqueue failed", extra={"messages": len(batch), "error": repr(e)})
             reason = f"queue unavailable: {type(e).__name__}"
-            for m, fut in batch:
-                if not fut.done():
-                    fut.set_exception(Unavailable(reason, client_id=m.client_id))
-            return
-        for (_, fut), r in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(r, Accepted):
-                fut.set_result(r)
-            else:
-                fut.set_exception(r)
+            results = [Unavailable(reason, client_id=m.client_id) for m, _ in batch]
+        _count(results)
+        for (_, done), r in zip(batch, results, strict=True):
+            try:
+                done(r)
+            except Exception:  # one caller's bug must not cost the others their acks
+                log.exception("enqueue callback failed")
 
 
 class BatchingEnqueuer:
     """Coalesces the enqueues requested in one event-loop tick into one batch per lane.
 
-    Each caller awaits its own result; the first caller of a tick schedules the flush
-    with ``call_soon``, so a burst of frames read from many sockets in the same tick
-    costs one script call per partition instead of one per message. ``max_batch`` caps
-    the script's run time (Redis is single-threaded: a huge script delays every client).
+    Each caller gets its own outcome (a future, or a callback for the gateway's hot
+    path); the first caller of a tick schedules the flush with ``call_soon``, so a burst
+    of frames read from many sockets in the same tick costs one script call per
+    partition instead of one per message. ``max_batch`` caps the script's run time
+    (Redis is single-threaded: a huge script delays every client).
 
     **Two lanes.** Live messages have their own lane, so an interactive send never waits
     behind a bulk batch in flight and the bulk messages piling up behind it (invariant 3
     at the gateway). Each lane keeps submission order. Across lanes, one sender's order
-    is kept too: while a sender has messages in the bulk lane (a person just demoted to
-    bulk by the live budget), their next live messages queue in the bulk lane behind
-    them; they are still live messages, only their enqueue waits.
+    is kept too: while a sender has messages waiting or in flight in one lane, their
+    next messages join that lane whatever their class (a person demoted to bulk by the
+    live budget mid-burst, or back to live while their bulk messages are in flight); the
+    class decides the stream, the lane only when the enqueue runs.
+
+    Counts ``chat_enqueued_total``, ``chat_duplicate_sends_total`` and
+    ``chat_enqueue_rejected_total`` once per batch.
     """
 
     def __init__(self, enqueuer: Enqueuer, *, max_batch: int = 256) -> None:
-        self._bulk_by_sender: dict[int, int] = {}
-        self._live = _Lane(enqueuer, max_batch)
-        self._bulk = _Lane(enqueuer, max_batch, self._bulk_done)
+        #: sender -> [their lane, messages of theirs waiting or in flight in it]
+        self._lane_of: dict[int, list[Any]] = {}
+        self._live = _Lane(enqueuer, max_batch, self._finished)
+        self._bulk = _Lane(enqueuer, max_batch, self._finished)
 
     async def enqueue(self, message: QueuedMessage) -> Accepted:
-        """Accept one message; raises :class:`Unavailable` or the Redis error."""
+        """Accept one message; raises :class:`Unavailable` (backlog full, Redis down)."""
         return await self.submit(message)
 
     def submit(self, message: QueuedMessage) -> asyncio.Future[Accepted]:
-        """:meth:`enqueue` without a coroutine: the returned future resolves to the
-        :class:`Accepted` or fails with :class:`Unavailable`. The gateway's hot path adds a
-        done-callback instead of creating a task per frame."""
+        """:meth:`enqueue` without a coroutine: the future resolves to the
+        :class:`Accepted` or fails with :class:`Unavailable`."""
         fut: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
-        sender = message.sender_id
-        if message.priority == "live" and sender not in self._bulk_by_sender:
-            self._live.add(message, fut)
-        else:
-            self._bulk_by_sender[sender] = self._bulk_by_sender.get(sender, 0) + 1
-            self._bulk.add(message, fut)
+        self.submit_to(message, _resolver(fut))
         return fut
 
-    def _bulk_done(self, message: QueuedMessage) -> None:
-        left = self._bulk_by_sender.pop(message.sender_id, 1) - 1
-        if left:
-            self._bulk_by_sender[message.sender_id] = left
+    def submit_to(self, message: QueuedMessage, done: Done) -> None:
+        """Enqueue ``message`` and call ``done`` with its :class:`Accepted` or
+        :class:`Unavailable` when its batch returns: no future, no task and no extra
+        event-loop callback per message (the gateway's hot path)."""
+        sender = message.sender_id
+        entry = self._lane_of.get(sender)
+        if entry is None:
+            lane = self._live if message.priority == "live" else self._bulk
+            self._lane_of[sender] = [lane, 1]
+        else:
+            lane = entry[0]
+            entry[1] += 1
+        lane.add(message, done)
+
+    def _finished(self, batch: list[_Waiter]) -> None:
+        lane_of = self._lane_of
+        for message, _ in batch:
+            entry = lane_of.get(message.sender_id)
+            if entry is not None:
+                entry[1] -= 1
+                if not entry[1]:
+                    del lane_of[message.sender_id]
 
     async def drain(self) -> None:
         """Wait until every submitted message has its result (graceful shutdown)."""

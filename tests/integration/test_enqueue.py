@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from chat.config import Settings
 from chat.errors import Unavailable
 from chat.ids import new_message_id
-from chat.keys import KeySpace
+from chat.keys import KeySpace, partition_of
+from chat.localstack import EmbeddedRedis, free_port
 from chat.serialization import QueuedMessage, decode_queued
 from chat.streams import Accepted, BatchingEnqueuer, Enqueuer
 
@@ -115,12 +122,12 @@ async def test_batching_enqueuer_coalesces_one_tick(redis: Any, settings: Settin
     assert calls == 1
 
 
-def _gate_bulk(enq: Enqueuer, gate: asyncio.Event) -> None:
-    """Make every script call that carries a bulk message wait for ``gate``."""
+def _gate(enq: Enqueuer, gate: asyncio.Event, priority: str = "bulk") -> None:
+    """Make every script call that carries a ``priority`` message wait for ``gate``."""
     original = enq.enqueue
 
     async def gated(messages: Any) -> Any:
-        if any(m.priority == "bulk" for m in messages):
+        if any(m.priority == priority for m in messages):
             await gate.wait()
         return await original(messages)
 
@@ -132,7 +139,7 @@ async def test_live_send_is_not_queued_behind_a_bulk_batch(redis: Any, settings:
     the bulk sends complete once released."""
     enq = make(redis, settings)
     gate = asyncio.Event()
-    _gate_bulk(enq, gate)
+    _gate(enq, gate)
     batching = BatchingEnqueuer(enq)
     bulk = [batching.submit(msg(21)) for _ in range(100)]
     await asyncio.sleep(0)
@@ -148,7 +155,7 @@ async def test_one_senders_order_holds_across_lanes(redis: Any, settings: Settin
     for that sender's bulk messages and gets the next seq."""
     enq = make(redis, settings)
     gate = asyncio.Event()
-    _gate_bulk(enq, gate)
+    _gate(enq, gate)
     batching = BatchingEnqueuer(enq)
     first = batching.submit(msg(23))
     await asyncio.sleep(0)
@@ -158,6 +165,29 @@ async def test_one_senders_order_holds_across_lanes(redis: Any, settings: Settin
     gate.set()
     a, b = await first, await second
     assert (a.seq, b.seq, b.priority) == (1, 2, "live")
+    await batching.drain()
+
+
+async def test_one_senders_bulk_waits_for_their_live_batch(redis: Any, settings: Settings) -> None:
+    """The other direction: a person's burst is live until the budget runs out, then
+    bulk. While their live batch is in flight, their bulk messages wait for it (seqs in
+    send order) and still go to the bulk stream; another sender's bulk does not wait."""
+    enq = make(redis, settings)
+    gate = asyncio.Event()
+    _gate(enq, gate, priority="live")
+    batching = BatchingEnqueuer(enq)
+    live = [batching.submit(msg(24, priority="live")) for _ in range(3)]
+    await asyncio.sleep(0)
+    demoted = [batching.submit(msg(24)) for _ in range(3)]
+    other = await asyncio.wait_for(batching.enqueue(_from(msg(25), 9)), 5)
+    assert other.seq == 1
+    await asyncio.sleep(0.05)
+    assert not any(f.done() for f in live + demoted)
+    gate.set()
+    results = await asyncio.gather(*live, *demoted)
+    assert [r.seq for r in results] == [1, 2, 3, 4, 5, 6]
+    assert [r.priority for r in results] == ["live"] * 3 + ["bulk"] * 3
+    assert await redis.xlen(enq._parts[partition_of(24, settings.stream_partitions)].bulk) == 3
     await batching.drain()
 
 
@@ -189,3 +219,109 @@ async def test_odd_client_ids_and_large_chat_ids_round_trip(redis: Any, settings
     part = KeySpace(settings.redis_key_prefix, settings.stream_partitions).for_chat(big)
     assert await redis.hget(part.seq, str(big)) == b"2"
     assert await redis.exists(part.idempotency_key(7, odd)) == 1
+
+
+def _spread(chats: range, per_chat: int, first: int = 0) -> list[QueuedMessage]:
+    """``per_chat`` messages for each chat, interleaved as a gateway tick sees them."""
+    return [msg(c, client_id=f"{c}-{i}") for i in range(first, first + per_chat) for c in chats]
+
+
+def _check_per_chat_seqs(results: list[Accepted | Unavailable], per_chat: int) -> None:
+    by_chat: dict[int, list[int]] = {}
+    for r in results:
+        assert isinstance(r, Accepted), r
+        by_chat.setdefault(r.chat_id, []).append(r.seq)
+    assert all(seqs == list(range(1, per_chat + 1)) for seqs in by_chat.values()), by_chat
+
+
+async def test_a_batch_over_many_partitions_is_one_pipeline_and_survives_script_flush(
+    redis: Any, settings: Settings
+) -> None:
+    """Against one server the partitions of a batch share one pipeline; after SCRIPT
+    FLUSH (a restart or failover empties the script cache) every call answers NOSCRIPT
+    and is loaded and run again, once: seqs stay 1..N per chat."""
+    enq = make(redis, settings)
+    assert enq._pipelined
+    chats = range(300, 340)  # 40 chats over the partitions
+    assert len({partition_of(c, settings.stream_partitions) for c in chats}) > 1
+    await redis.script_flush()
+    first = await enq.enqueue(_spread(chats, 2))
+    second = await enq.enqueue(_spread(chats, 1, first=2))
+    _check_per_chat_seqs(first + second, 3)
+
+
+async def test_a_failing_partition_refuses_only_its_own_messages(
+    redis: Any, settings: Settings
+) -> None:
+    """An error reply from one partition's script (here its seq hash is the wrong type)
+    answers unavailable for that partition's messages; the other partitions' messages of
+    the same pipelined batch are accepted."""
+    enq = make(redis, settings)
+    keyspace = KeySpace(settings.redis_key_prefix, settings.stream_partitions)
+    chats = range(400, 420)
+    broken = keyspace.for_chat(400)
+    await redis.set(broken.seq, "not a hash")
+    results = await enq.enqueue(_spread(chats, 1))
+    for chat, r in zip(chats, results, strict=True):
+        if keyspace.for_chat(chat).seq == broken.seq:
+            assert isinstance(r, Unavailable), r
+        else:
+            assert isinstance(r, Accepted), r
+            assert r.seq == 1
+
+
+def _cluster_capable_port() -> int:
+    """A free loopback port whose cluster-bus port (+10,000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port <= 55535:
+            with contextlib.suppress(OSError), socket.socket() as bus:
+                bus.bind(("127.0.0.1", port + 10000))
+                return port
+    raise RuntimeError("no free port pair for a cluster-mode redis-server")
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[RedisCluster]:
+    """A one-node Redis Cluster (every slot on one cluster-mode redis-server, loopback):
+    the client code path AWS runs (REDIS_CLUSTER=true, ElastiCache cluster mode)."""
+    node = EmbeddedRedis(
+        tmp_path / "cluster",
+        persistent=False,
+        port=_cluster_capable_port(),
+        extra_args=("--cluster-enabled", "yes",
+                    "--cluster-config-file", str(tmp_path / "nodes.conf")),
+    )  # fmt: skip
+    node.start()
+    try:
+        admin: Any = aioredis.Redis(port=node.port)
+        await admin.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
+        async with asyncio.timeout(20):
+            while b"cluster_state:ok" not in await admin.execute_command("CLUSTER", "INFO"):  # noqa: ASYNC110 - polls the server
+                await asyncio.sleep(0.05)
+        await admin.aclose()
+        client = RedisCluster(host="127.0.0.1", port=node.port)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+    finally:
+        node.stop()
+
+
+async def test_cluster_client_enqueues_across_partitions_and_answers_resends(
+    cluster: RedisCluster, settings: Settings
+) -> None:
+    """With a cluster client each partition's call is routed to its slot's node (no
+    pipeline: redis-py refuses EVALSHA in cluster pipelines); seqs are 1..N per chat,
+    a resend gets the original ack, and the batching enqueuer works on top of it."""
+    enq = make(cluster, settings)
+    assert not enq._pipelined
+    chats = range(500, 530)
+    _check_per_chat_seqs(await enq.enqueue(_spread(chats, 2)), 2)
+    again = await enq.enqueue([msg(500, client_id="500-0")])
+    assert isinstance(again[0], Accepted)
+    assert (again[0].seq, again[0].duplicate) == (1, True)
+    batching = BatchingEnqueuer(enq)
+    more = await asyncio.gather(*(batching.enqueue(msg(c)) for c in chats))
+    assert {r.seq for r in more} == {3}
