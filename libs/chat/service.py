@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -36,6 +35,7 @@ from aiohttp import web
 from chat import logs, metrics
 from chat.config import Settings
 from chat.heartbeat import Heartbeat, heartbeat_path
+from chat.lifecycle import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +254,10 @@ async def _amain(name: str, build: Callable[[Settings], Host], settings: Setting
     stop = asyncio.Event()
     _install_signals(stop)
     host = build(settings)
-    # Everything imported and built so far lives as long as the process: move it out of
-    # the collector's reach, so that the full collections the per-message allocations
-    # trigger do not rescan ~10^5 module objects each time (~10% of a worker's CPU).
-    gc.collect()
-    gc.freeze()
+    # Everything imported and built so far lives as long as the process: out of the
+    # collector's reach, so full collections do not rescan ~10^5 module objects each
+    # time (~10% of a worker's CPU).
+    tune_gc()
     try:
         return await serve(name, host, settings, stop)
     except asyncio.CancelledError:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from chat.config import Settings, load_settings
 from chat.errors import WS_CLOSE_RESTART, ConfigError
 from chat.fanout import GatewayRegistry, Subscriber
 from chat.keys import KeySpace
-from chat.lifecycle import wait_stopped
+from chat.lifecycle import GC_YOUNG_THRESHOLD, tune_gc, wait_stopped
 from chat.logs import configure
 from chat.redisconn import connect as redis_connect
 from chat.serialization import ReconnectFrame, encode_frame
@@ -276,8 +275,8 @@ async def serve(settings: Settings) -> None:
         )
         await site.start()
         # Everything allocated at startup lives for the whole process: keep it out of the
-        # cyclic collector's full passes, which otherwise rescan it under load.
-        gc.freeze()
+        # cyclic collector's passes, and collect the in-flight frames less often.
+        tune_gc(GC_YOUNG_THRESHOLD)
         log.info("gateway listening", extra={"url": site.name})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -12,23 +12,17 @@ awaiting path (:meth:`Sender.prepare_slow`).
 
 from __future__ import annotations
 
-import asyncio
-
-from chat import metrics
-from chat.errors import BadRequest, ClientError, Forbidden, TooLarge, Unavailable
+from chat.errors import BadRequest, ClientError, Forbidden, TooLarge
 from chat.ids import new_message_id
 from chat.serialization import QueuedMessage
 from chat.storage.attachments import AttachmentStore, owner_of
-from chat.streams import Accepted, BatchingEnqueuer
+from chat.streams import Accepted, BatchingEnqueuer, Done
 from gateway.auth import Principal
 from gateway.limits import LiveBudget
 from gateway.membership import Membership, check_member
 
 #: UTF-8 uses at most 4 bytes per code point: shorter strings skip the encode.
 _MAX_UTF8 = 4
-
-_ENQUEUED = {p: metrics.ENQUEUED.labels(priority=p) for p in ("live", "bulk")}
-_REJECTED_BACKLOG = metrics.ENQUEUE_REJECTED.labels(reason="unavailable")
 
 
 class Sender:
@@ -117,10 +111,9 @@ class Sender:
             raise
         return self._queued(who, chat_id, text, attachments, client_id)
 
-    def submit(self, message: QueuedMessage) -> asyncio.Future[Accepted]:
-        fut = self._enqueuer.submit(message)
-        fut.add_done_callback(_count)
-        return fut
+    def submit(self, message: QueuedMessage, done: Done) -> None:
+        """Enqueue; ``done`` gets the :class:`Accepted` or :class:`Unavailable`."""
+        self._enqueuer.submit_to(message, done)
 
     async def send(
         self,
@@ -132,18 +125,4 @@ class Sender:
     ) -> Accepted:
         """The whole path, awaiting (HTTP)."""
         message = await self.prepare_slow(who, chat_id, text, attachments, client_id)
-        return await self.submit(message)
-
-
-def _count(fut: asyncio.Future[Accepted]) -> None:
-    if fut.cancelled():
-        return
-    error = fut.exception()
-    if error is None:
-        accepted = fut.result()
-        if accepted.duplicate:
-            metrics.DUPLICATE_SENDS.inc()
-        else:
-            _ENQUEUED[accepted.priority].inc()
-    elif isinstance(error, Unavailable):
-        _REJECTED_BACKLOG.inc()
+        return await self._enqueuer.submit(message)

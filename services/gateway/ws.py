@@ -30,7 +30,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -118,7 +118,10 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise BadRequest("WebSocket upgrade required")
     await ws.prepare(request)
-    await Session(app, ws, who, request.transport).run()
+    transport = request.transport
+    if transport is None:  # the client left during the upgrade
+        return ws
+    await Session(app, ws, who, transport, request.writer.drain).run()
     return ws
 
 
@@ -130,13 +133,14 @@ class Session:
         app: web.Application,
         ws: web.WebSocketResponse,
         who: Principal,
-        transport: asyncio.Transport | None = None,
+        transport: asyncio.Transport,
+        drain: Callable[[], Awaitable[None]],
     ) -> None:
         settings = app[appkeys.SETTINGS]
         self.app = app
         self.who = who
         conn_id = f"{_PROCESS_TAG}-{next(_conn_ids)}"
-        self.conn = Connection(ws, who, conn_id, settings.ws_send_queue, transport)
+        self.conn = Connection(ws, who, conn_id, settings.ws_send_queue, transport, drain)
         self._gate = FloodGate(settings.ws_flood_per_s)
         self._hub = app[appkeys.HUB]
         self._sender = app[appkeys.SENDER]
@@ -181,6 +185,8 @@ class Session:
             chats = await app[appkeys.DIRECTORY].chats_of(self.who.user_id)
             for chat in chats:
                 self._membership.prime(chat.id, frozenset(chat.member_ids))
+                # Held back until ``hello`` is out: it is the first frame.
+                conn.begin_replay(chat.id)
                 self._hub.attach(conn, chat.id)
             seqs = await last_seqs(app[appkeys.REDIS], app[appkeys.KEYSPACE], [c.id for c in chats])
         except DEPENDENCY_ERRORS:
@@ -190,6 +196,8 @@ class Session:
             return False
         cursors = [ChatCursor(chat_id=c.id, last_seq=seqs.get(c.id, 0)) for c in chats]
         conn.push(encode_frame(HelloFrame(user_id=self.who.user_id, chats=cursors)))
+        for chat in chats:
+            conn.end_replay(chat.id, 0)  # what arrived meanwhile, in arrival order
         return True
 
     async def _read_loop(self) -> None:
@@ -248,8 +256,7 @@ class Session:
                 self._error(e, f.client_id)
                 return
             if queued is not None:
-                fut = self._sender.submit(queued)
-                fut.add_done_callback(functools.partial(self._acked, f.client_id))
+                self._sender.submit(queued, functools.partial(self._acked, f.client_id))
                 return
         # Cache miss or attachments: keep this connection's sends in arrival order by
         # routing everything through the ordered slow path until it is empty again.
@@ -263,37 +270,28 @@ class Session:
                     queued = await self._sender.prepare_slow(
                         self.who, f.chat_id, f.text, f.attachments, f.client_id
                     )
-                    fut = self._sender.submit(queued)
+                    self._sender.submit(queued, functools.partial(self._acked, f.client_id))
                 finally:
                     self._slow_sends -= 1
         except ClientError as e:
             self._error(e, f.client_id)
-            return
-        fut.add_done_callback(functools.partial(self._acked, f.client_id))
 
-    def _acked(self, client_id: str | None, fut: asyncio.Future[Accepted]) -> None:
-        if fut.cancelled():
-            return
-        error = fut.exception()
-        if error is None:
-            a = fut.result()
+    def _acked(self, client_id: str | None, result: Accepted | Unavailable) -> None:
+        if isinstance(result, Unavailable):
+            self._error(result, client_id)
+        else:
             self.conn.push(
                 encode_frame(
                     AckFrame(
                         client_id=client_id,
-                        id=a.id,
-                        chat_id=a.chat_id,
-                        seq=a.seq,
-                        ts=a.ts,
-                        priority=a.priority,
+                        id=result.id,
+                        chat_id=result.chat_id,
+                        seq=result.seq,
+                        ts=result.ts,
+                        priority=result.priority,
                     )
                 )
             )
-        elif isinstance(error, ClientError):
-            self._error(error, client_id)
-        else:
-            log.error("enqueue failed", exc_info=error)
-            self._error(Unavailable("queue unavailable"), client_id)
 
     async def _resume(self, f: ResumeFrame) -> None:
         if len(f.cursors) > MAX_RESUME_CHATS:

@@ -20,7 +20,8 @@ from chat import metrics
 from chat.config import Settings
 from chat.fanout import topic
 from chat.keys import KeySpace
-from gateway import appkeys
+from gateway import appkeys, cursors
+from gateway import ws as gateway_ws
 from gateway.app import create_app
 from tests.conftest import UNIT
 from tests.integration.gateway_stack import Api, Ws, send_frame
@@ -69,6 +70,36 @@ async def test_full_backlog_answers_unavailable_and_a_later_resend_is_accepted(
         await ws.send(send_frame(chat_id, "hi", "retry-me"))
         ack = await ws.expect(lambda f: f["type"] == "ack")
         assert (ack["client_id"], ack["seq"]) == ("retry-me", 1)
+        await ws.close()
+
+
+async def test_hello_is_the_first_frame_even_when_a_message_arrives_during_the_handshake(
+    settings: Settings,
+    redis: Any,
+    message_store: Any,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The session is attached to its chats before ``last_seq`` is read (so nothing falls
+    between hello and live delivery); a message fanned out in that gap is held back and
+    follows ``hello`` instead of preceding it."""
+    settings = settings.with_overrides(sql_migrate_on_start=False)
+    async with serve(settings) as (server, base):
+        api = Api(http, base)
+        alice = await api.signup("Alice")
+        chat_id = await api.create_chat(alice, [])
+        hub = server.app[appkeys.HUB]
+        real = cursors.last_seqs
+
+        async def deliver_first(*args: Any) -> dict[int, int]:
+            hub.deliver(chat_id, b'{"type":"message","chat_id":%d,"seq":7}' % chat_id)
+            return await real(*args)
+
+        monkeypatch.setattr(gateway_ws, "last_seqs", deliver_first)
+        ws = await Ws.connect(http, f"{base}/ws", alice)  # asserts hello comes first
+        assert [c["chat_id"] for c in ws.hello["chats"]] == [chat_id]
+        held = await ws.expect(lambda f: f["type"] == "message")
+        assert (held["chat_id"], held["seq"]) == (chat_id, 7)
         await ws.close()
 
 
@@ -145,11 +176,21 @@ async def test_members_added_on_another_gateway_invalidate_this_gateways_cache(
     settings = settings.with_overrides(sql_migrate_on_start=False, membership_cache_ttl_s=3600)
     async with serve(settings) as (_, base_a), serve(settings) as (server_b, base_b):
         api_a, api_b = Api(http, base_a), Api(http, base_b)
+        membership_b = server_b.app[appkeys.MEMBERSHIP]
+        heard: asyncio.Queue[int] = asyncio.Queue()
+
+        async def hear(chat: int, _members: frozenset[int]) -> None:
+            heard.put_nowait(chat)
+
+        membership_b.on_change(hear)
         alice, bob = await api_a.signup("Alice"), await api_a.signup("Bob")
         chat_id = await api_a.create_chat(alice, [])
+        # B hears of the creation asynchronously; a load racing that notification is
+        # (rightly) not cached, so wait for it before filling B's cache.
+        assert await asyncio.wait_for(heard.get(), 10 * UNIT) == chat_id
         path = f"/api/v1/chats/{chat_id}/messages"
         assert (await api_b.call("POST", path, user=alice, body={"text": "a"}))[0] == 202
-        assert server_b.app[appkeys.MEMBERSHIP].cached(chat_id) == frozenset({alice.user_id})
+        assert membership_b.cached(chat_id) == frozenset({alice.user_id})
         assert (await api_b.call("POST", path, user=bob, body={"text": "b"}))[0] == 403
         status, _ = await api_a.call(
             "POST", f"/api/v1/chats/{chat_id}/members", user=alice,
@@ -158,7 +199,7 @@ async def test_members_added_on_another_gateway_invalidate_this_gateways_cache(
         assert status == 200
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10 * UNIT
-        while server_b.app[appkeys.MEMBERSHIP].cached(chat_id) == frozenset({alice.user_id}):
+        while membership_b.cached(chat_id) == frozenset({alice.user_id}):
             assert loop.time() < deadline, "gateway B never heard of the change"
             await asyncio.sleep(0.02)
         assert (await api_b.call("POST", path, user=bob, body={"text": "b"}))[0] == 202

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
+from aiohttp._websocket.writer import WebSocketWriter
 
 from chat.errors import Unauthorized
 from chat.serialization import MessageFrame
 from gateway import schemas
 from gateway.auth import OriginPolicy, Principal, Tokens
+from gateway.hub import text_frame_header
 from gateway.limits import FloodGate, LiveBudget, Verdict
 
 HUMAN = Principal(user_id=1, name="Ann", kind="human")
@@ -74,3 +78,26 @@ def test_http_message_object_is_the_message_frame_without_type() -> None:
     as_http = msgspec.json.decode(msgspec.json.encode(schemas.message_object(frame)))
     assert as_http == {k: v for k, v in as_frame.items() if k != "type"}
     assert list(as_http) == [k for k in as_frame if k != "type"]
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
+def test_coalesced_frames_are_byte_identical_to_aiohttps(length: int) -> None:
+    """The gateway joins buffered frames into one write with its own headers: each
+    header + payload equals what aiohttp's writer produces for a server text frame, at
+    every length-encoding boundary (7-bit, 16-bit, 64-bit)."""
+    transport: Any = _Capture()
+    writer = WebSocketWriter(None, transport)  # type: ignore[arg-type]
+    payload = b"x" * length
+    writer._write_websocket_frame(payload, 0x1, 0)
+    assert text_frame_header(length) + payload == transport.written
