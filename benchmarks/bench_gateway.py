@@ -44,6 +44,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +340,9 @@ class Probe:
 
     latency: list[float] = field(default_factory=list)  # send -> `message` at the peer
     to_ack: list[float] = field(default_factory=list)  # send -> `ack` at the sender
-    ids: list[str] = field(default_factory=list)  # of the messages the peer received
+    #: id of every message the peer received -> (send, seen by the peer), wall clock (s),
+    #: to place the database's ``ts`` and ``persisted_at`` stamps between them
+    wall: dict[str, tuple[float, float]] = field(default_factory=dict)
     lost: int = 0  # sent, never seen by the peer within the grace period
 
 
@@ -352,6 +355,7 @@ class Conversations:
         self.people, self.label = people, label
         self.probe = Probe()
         self.sent: dict[str, float] = {}  # text -> send time, until the peer sees it
+        self.sent_wall: dict[str, float] = {}  # text -> send time (wall clock)
         self.unacked: dict[str, float] = {}  # client_id -> send time, until acked
         self.stop = asyncio.Event()
         self.all_seen = asyncio.Event()
@@ -386,7 +390,8 @@ class Conversations:
                 t0 = self.sent.pop(frame["text"], None)
                 if t0 is not None:
                     probe.latency.append((now - t0) * 1000)
-                    probe.ids.append(frame["id"])
+                    wall0 = self.sent_wall.pop(frame["text"])
+                    probe.wall[frame["id"]] = (wall0, wall0 + now - t0)
                 if self.stop.is_set() and not self.sent:
                     self.all_seen.set()
 
@@ -398,6 +403,7 @@ class Conversations:
             if self.stop.is_set():
                 return
             text = f"{self.label} {me.name} {i}"
+            self.sent_wall[text] = time.time()
             self.sent[text] = self.unacked[text] = time.perf_counter()
             await me.ws.send_str(json.dumps(
                 {"type": "send", "chat_id": me.chat_id, "client_id": text, "text": text}
@@ -636,32 +642,50 @@ async def _sample_sizes(progress: BulkProgress, seconds: float) -> list[int]:
     return out
 
 
-async def stages(local: LocalStack, probe: Probe) -> dict[str, str]:
-    """Where the time went: p50 / p99 of send -> ack (gateway + enqueue) and of accept ->
-    insert sent (priority read); the rest of the end-to-end is the insert itself and
-    the fan-out back."""
-    out = {}
-    for name, values in (
-        ("send_to_ack", probe.to_ack),
-        ("accept_to_insert", await insert_after_accept(local, probe.ids)),
-    ):
-        p = percentiles(values)
-        out[name] = f"p50 {p['p50_ms']} / p99 {p['p99_ms']} ms"
+async def stages(local: LocalStack, probe: Probe) -> dict[str, Any]:
+    """Where the time went, per stage: p50 / p99 of send -> ack at the sender (gateway and
+    enqueue; this process's clock), and, from the stored document's stamps, of send ->
+    accept (``ts``, Redis TIME), accept -> insert sent (``persisted_at``, the priority's
+    clock as it builds the documents) and insert sent -> ``message`` seen by the peer
+    (the insert itself, the fan-out and the gateway's delivery). All clocks are this
+    machine's. ``slowest_1pct_ms``: the same stages, averaged over the slowest 1 % of the
+    end-to-end samples, so the tail can be attributed."""
+    rows = await stamped(local, probe)
+    out: dict[str, Any] = {"send_to_ack": _p50_p99(probe.to_ack)}
+    names = ("send_to_accept", "accept_to_insert", "insert_to_peer")
+    for i, name in enumerate(names):
+        out[name] = _p50_p99([r[i] for r in rows])
+    slowest = sorted(rows, key=sum)[-max(1, len(rows) // 100) :]
+    out["slowest_1pct_ms"] = ", ".join(
+        f"{name} {sum(r[i] for r in slowest) / len(slowest):.1f}" for i, name in enumerate(names)
+    )
     return out
 
 
-async def insert_after_accept(local: LocalStack, ids: Sequence[str]) -> list[float]:
-    """accept (``ts``) -> insert sent (``persisted_at``, stamped as the priority builds
-    the documents) in ms of the probed live messages; both stamps from this machine's
-    clock (Redis TIME and the priority process)."""
+def _p50_p99(values: Sequence[float]) -> str:
+    p = percentiles(values)
+    return f"p50 {p['p50_ms']} / p99 {p['p99_ms']} ms"
+
+
+async def stamped(local: LocalStack, probe: Probe) -> list[tuple[float, float, float]]:
+    """(send -> accept, accept -> insert sent, insert sent -> seen by the peer) in ms for
+    every probed live message, from its stored ``ts`` and ``persisted_at``."""
     from pymongo import AsyncMongoClient
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(local.resolved["MONGO_URL"])
     try:
         docs = client["chat"][COLLECTION].find(
-            {"_id": {"$in": list(ids)}}, {"ts": 1, "persisted_at": 1}
+            {"_id": {"$in": list(probe.wall)}}, {"ts": 1, "persisted_at": 1}
         )
-        return [(d["persisted_at"] - d["ts"]).total_seconds() * 1000 async for d in docs]
+        rows = []
+        async for d in docs:
+            sent, seen = probe.wall[d["_id"]]
+            accepted = d["ts"].replace(tzinfo=UTC).timestamp()
+            inserted = d["persisted_at"].replace(tzinfo=UTC).timestamp()
+            rows.append(
+                ((accepted - sent) * 1000, (inserted - accepted) * 1000, (seen - inserted) * 1000)
+            )
+        return rows
     finally:
         await client.close()
 

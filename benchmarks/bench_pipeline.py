@@ -23,7 +23,6 @@ Phases, each against servers this benchmark starts on loopback (so their CPU is 
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import random
 import signal
@@ -43,6 +42,7 @@ from chat.config import Settings, load_settings
 from chat.fanout import GatewayRegistry
 from chat.ids import new_message_id
 from chat.keys import KeySpace
+from chat.lifecycle import tune_gc
 from chat.localstack import EmbeddedRedis, free_port, wait_for_port
 from chat.pipeline import ConsumerService, options_for
 from chat.serialization import QueuedMessage
@@ -206,8 +206,7 @@ async def drain(service: ConsumerService, redis: Any) -> dict[str, Any]:
     """Run the service until it has processed every queued entry; its figures."""
     total = await queued_entries(service)
     # As chat.service does after start-up: long-lived objects out of the collector's way.
-    gc.collect()
-    gc.freeze()
+    tune_gc()
     stop = asyncio.Event()
     s0, r0 = stage_sums(), await redis_cpu(redis)
     with Meter() as m:
