@@ -182,8 +182,13 @@ class StackSettings:
     documentdb: DocumentDbSettings = DocumentDbSettings()
     mysql: MysqlSettings = MysqlSettings()
     gateway: ServiceSettings = ServiceSettings(scale_target=70.0)
+    #: BULK_YIELD_TARGET_MS: live inserts on DocumentDB (a quorum write across three AZs)
+    #: take several ms when the writer is idle, more than SecantusDB's ~2.5 ms; 20 ms is
+    #: a starting point, to be replaced by ~2x the uncontended live insert mean that the
+    #: first load test measures (docs/capacity.md).
     worker: ServiceSettings = ServiceSettings(
-        scale_target=20_000.0, environment={"BATCH": "500", "BLOCK_MS": "1000"}
+        scale_target=20_000.0,
+        environment={"BATCH": "500", "BLOCK_MS": "1000", "BULK_YIELD_TARGET_MS": "20"},
     )
     #: Live messages are few and latency-bound: small batches, a short block, and a scale
     #: out long before a backlog builds.

@@ -15,7 +15,13 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from chat.cloudwatch import LIVE_LATENCY, SERVICE_DIMENSION, STREAM_LAG, STREAM_LAG_AGE
+from chat.cloudwatch import (
+    BULK_DB_SHARE,
+    LIVE_LATENCY,
+    SERVICE_DIMENSION,
+    STREAM_LAG,
+    STREAM_LAG_AGE,
+)
 from infra.settings import RedisSettings
 
 PERIOD_S = 60
@@ -341,6 +347,14 @@ class Observability(pulumi.ComponentResource):
                     [ns, STREAM_LAG_AGE, SERVICE_DIMENSION, "priority"],
                 ],
                 "Maximum",
+            ),
+            self._widget(
+                "Worker database share (1 = all; lower while yielding to live)",
+                [
+                    [ns, BULK_DB_SHARE, SERVICE_DIMENSION, "worker", {"stat": "Minimum"}],
+                    [ns, BULK_DB_SHARE, SERVICE_DIMENSION, "worker", {"stat": "Average"}],
+                ],
+                "Average",
             ),
             self._widget(
                 "Live latency (ms)",

@@ -1,6 +1,7 @@
 """CloudWatch metrics the AWS deployment scales and alarms on.
 
-The worker and priority services publish their stream lag here; the autoscaling
+The worker and priority services publish their stream lag here (the worker also its
+database share, :mod:`chat.pressure`); the autoscaling
 policies of infra/components/scaling.py and the dashboard of
 infra/components/observability.py read the same names, so a metric or dimension
 renamed here must be renamed there too (they import these constants).
@@ -14,6 +15,7 @@ delays a scale-out by one period, crashing the consumer would stop the work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 STREAM_LAG = "StreamLag"
 #: Age in seconds of the oldest unacknowledged entry: the queueing delay a message sees.
 STREAM_LAG_AGE = "StreamLagAge"
+#: The worker's share of the database (0..1, :class:`chat.pressure.DbShare`): below 1
+#: while it yields to slow live inserts. Its Minimum over a load test says how far bulk
+#: stepped aside, and explains a bulk rate under the offered one.
+BULK_DB_SHARE = "BulkDbShare"
 #: Send-to-display latency of live messages in ms, measured by the load generator.
 LIVE_LATENCY = "LiveLatency"
 #: The one dimension of our metrics: the service (``worker``, ``priority``, ``loadtest``).
@@ -46,6 +52,8 @@ _MAX_DATUMS_PER_CALL = 1000
 Statistic = Literal["Average", "Maximum", "Minimum", "Sum", "SampleCount"]
 #: Returns (lag in entries, age of the oldest unacknowledged entry in seconds).
 LagProbe = Callable[[], Awaitable[tuple[int, float]]]
+#: Returns the worker's current database share.
+ShareProbe = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +71,28 @@ def publish_stream_lag(
     lag_entries: int,
     oldest_age_s: float,
     *,
+    db_share: float | None = None,
     timestamp: datetime | None = None,
 ) -> None:
-    """Publish one lag sample (entries and oldest age) of ``service``."""
+    """Publish one lag sample (entries and oldest age) of ``service``, and its database
+    share when it has one (the worker)."""
     when = timestamp or datetime.now(UTC)
     dimensions: list[DimensionTypeDef] = [{"Name": SERVICE_DIMENSION, "Value": service}]
+    extra: list[MetricDatumTypeDef] = []
+    if db_share is not None:
+        extra.append(
+            {
+                "MetricName": BULK_DB_SHARE,
+                "Dimensions": dimensions,
+                "Timestamp": when,
+                "Value": float(db_share),
+                "Unit": "None",
+            }
+        )
     client.put_metric_data(
         Namespace=namespace,
         MetricData=[
+            *extra,
             {
                 "MetricName": STREAM_LAG,
                 "Dimensions": dimensions,
@@ -153,8 +175,9 @@ def read_metric(
 class LagPublisher:
     """Publishes a service's stream lag every ``interval_s`` until stopped.
 
-    ``probe`` is the consumer's own lag measurement (XINFO GROUPS over its streams);
-    the publisher owns only the timing and the CloudWatch call.
+    ``probe`` is the consumer's own lag measurement (XINFO GROUPS over its streams),
+    ``share`` the worker's database share (None for the priority); the publisher owns
+    only the timing and the CloudWatch call.
     """
 
     def __init__(
@@ -164,12 +187,14 @@ class LagPublisher:
         service: str,
         probe: LagProbe,
         *,
+        share: ShareProbe | None = None,
         interval_s: float = 20.0,
     ) -> None:
         self._client = client
         self._namespace = namespace
         self._service = service
         self._probe = probe
+        self._share = share
         self._interval_s = interval_s
         self.published = 0
         self.failed = 0
@@ -178,8 +203,17 @@ class LagPublisher:
         """Probe the lag and publish it; a failure is logged and counted, not raised."""
         try:
             lag, age = await self._probe()
+            share = None if self._share is None else self._share()
             await asyncio.to_thread(
-                publish_stream_lag, self._client, self._namespace, self._service, lag, age
+                functools.partial(
+                    publish_stream_lag,
+                    self._client,
+                    self._namespace,
+                    self._service,
+                    lag,
+                    age,
+                    db_share=share,
+                )
             )
         except Exception:
             # Broad on purpose: a metrics outage (CloudWatch, throttling, a Redis blip in

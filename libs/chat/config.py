@@ -170,6 +170,25 @@ class Settings(BaseSettings):
     bulk_min_batch: int = Field(
         20, ge=1, description="Worker (bulk): floor (and start) of the adaptive batch size."
     )
+    bulk_yield_target_ms: float = Field(
+        10.0,
+        ge=0,
+        description="Worker (bulk): while live inserts take longer than this on average, the"
+        " worker leaves the database idle part of the time (AIMD share; 0 = never yield)."
+        " Set ~2x the writer's uncontended insert time.",
+    )
+    bulk_min_db_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Worker (bulk): the least share of wall time its inserts keep while"
+        " yielding to live (bulk always drains).",
+    )
+    live_pressure_interval_ms: int = Field(
+        250,
+        ge=10,
+        description="How often priority reports its mean insert time and workers read it.",
+    )
     live_batch: int = Field(
         50, ge=1, description="Priority (live): entries per read; small keeps latency flat."
     )

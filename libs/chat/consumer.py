@@ -43,6 +43,11 @@ cross-slot command in Redis Cluster), and handles each batch in order::
   ``worker processes x max_inflight_inserts x insert_budget_ms`` of bulk work, while
   bulk keeps the rest of the database's capacity. A batch read before the size shrank
   is inserted in chunks of the current size, each chunk taking a slot of its own.
+  Those bound the *longest* wait; the *typical* one is how often the writer is busy
+  when a live insert arrives. An :class:`InsertPacing` hook closes that loop
+  (:mod:`chat.pressure`): the priority reports its insert times through it, and the
+  worker's hook holds each insert back so its share of the writer's time drops while
+  live inserts are slow.
 * **Graceful stop.** ``stop`` is checked between batches: the batch in hand is finished
   (persisted, published, acked), then the reader exits. An idle reader notices within
   ``block_ms``. A batch cut short by cancellation stays pending and is reclaimed.
@@ -339,6 +344,24 @@ class Sink(Protocol):
     def publish(self, chat_id: int, payload: bytes) -> None: ...
 
 
+class InsertPacing(Protocol):
+    """Told about every insert, may hold the next one back (:mod:`chat.pressure`: the
+    priority reports its insert times, the worker yields the database to them)."""
+
+    def delay(self, now: float) -> float:
+        """Seconds the next insert should wait (``now``: ``time.perf_counter()``)."""
+        ...
+
+    def inserted(self, started: float, ended: float) -> None:
+        """A successful insert ran from ``started`` to ``ended`` (perf_counter)."""
+        ...
+
+
+#: The longest one insert is held back by its pacing: bounds how late a batch in hand
+#: is finished after a stop, whatever the database did before.
+MAX_PACING_DELAY_S = 1.0
+
+
 @dataclass(slots=True)
 class ConsumerStats:
     """Counters of one consumer since it started (heartbeat, summary log)."""
@@ -392,8 +415,10 @@ class Consumer:
         enricher: Enricher,
         sink: Sink,
         partitions: Sequence[int] | None = None,
+        pacing: InsertPacing | None = None,
     ) -> None:
         self._redis = redis
+        self._pacing = pacing
         self._keyspace = keyspace
         self.options = options
         self._store = store
@@ -758,7 +783,15 @@ class Consumer:
             return await self._timed_insert(chunk), len(chunk)
 
     async def _timed_insert(self, documents: list[NewMessage]) -> InsertOutcome:
-        """One store insert; its duration (not the slot wait) feeds the batch sizer."""
+        """One store insert, after the pacing's delay (holding the slot, if any); its
+        duration (not the slot wait, not the delay) feeds the batch sizer and the
+        pacing."""
+        pacing = self._pacing
+        if pacing is not None:
+            wait = min(pacing.delay(time.perf_counter()), MAX_PACING_DELAY_S)
+            if wait > 0:
+                metrics.BULK_YIELDED.inc(wait)
+                await asyncio.sleep(wait)
         self.inflight_inserts += 1
         if self.inflight_inserts > self.inflight_peak:
             self.inflight_peak = self.inflight_inserts
@@ -767,7 +800,10 @@ class Consumer:
             outcome = await self._store.insert(documents)
         finally:
             self.inflight_inserts -= 1
-        if self.sizer.observe(time.perf_counter() - started, len(documents)):
+        ended = time.perf_counter()
+        if pacing is not None:
+            pacing.inserted(started, ended)
+        if self.sizer.observe(ended - started, len(documents)):
             self._m_batch_target.set(self.sizer.size)
         return outcome
 

@@ -12,6 +12,10 @@ partition lands in one hash slot of Redis Cluster::
     chat:{p}:cid:<sender_id>:<client_id>
                      string "id seq ts prio", TTL IDEMPOTENCY_TTL_S: resend returns the ack
 
+and, outside the partitions, ``{fanout}:gateways`` (fan-out registry),
+``{fanout}:membership`` (pub/sub channel) and ``{pressure}:live-insert-ms`` (live
+pressure, :mod:`chat.pressure`), each used alone.
+
 ``partition = crc32(str(chat_id)) mod STREAM_PARTITIONS`` is a contract: the verifier and
 the JMeter plans compute it too. Changing STREAM_PARTITIONS on a running system moves
 chats to other partitions and restarts their seq counters: drain first (docs/operations.md).
@@ -31,6 +35,9 @@ BULK_GROUP = "worker"
 FANOUT_REGISTRY = "{fanout}:gateways"
 #: Membership change notifications (Redis pub/sub), so gateways drop cached members.
 MEMBERSHIP_CHANNEL = "{fanout}:membership"
+#: Live pressure (chat.pressure): the worst recent mean live insert time in ms, written
+#: by priority processes and read by workers. One key, only ever touched alone.
+LIVE_PRESSURE = "{pressure}:live-insert-ms"
 
 
 def partition_of(chat_id: int, partitions: int) -> int:
@@ -94,3 +101,7 @@ class KeySpace:
     @property
     def membership_channel(self) -> str:
         return self.prefix + MEMBERSHIP_CHANNEL
+
+    @property
+    def live_pressure(self) -> str:
+        return self.prefix + LIVE_PRESSURE

@@ -57,6 +57,20 @@ BATCH_TARGET = Gauge(
     "Current batch size (XREADGROUP COUNT) of the consumer; adapts to the insert budget.",
     ["priority"],
 )
+BULK_DB_SHARE = Gauge(
+    "chat_bulk_db_share",
+    "Share of wall time the worker's inserts may keep the database busy (1 = all;"
+    " lower while live inserts are over BULK_YIELD_TARGET_MS).",
+)
+LIVE_PRESSURE_MS = Gauge(
+    "chat_live_pressure_ms",
+    "Mean live insert time the priority service last reported, as the worker read it"
+    " (0: no live traffic reported).",
+)
+BULK_YIELDED = Counter(
+    "chat_bulk_yielded_seconds_total",
+    "Time the worker held an insert back to leave the database to live inserts.",
+)
 STREAM_LAG = Gauge("chat_stream_lag_entries", "Entries not yet acknowledged.", ["priority"])
 WS_CONNECTIONS = Gauge("chat_ws_connections", "Open WebSocket connections.")
 DELIVERED = Counter("chat_delivered_total", "message frames queued to WebSocket clients.")

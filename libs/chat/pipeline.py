@@ -19,10 +19,11 @@ from typing import Any
 
 from chat import redisconn
 from chat.config import Settings
-from chat.consumer import Consumer, ConsumerOptions, Sink, Store
+from chat.consumer import Consumer, ConsumerOptions, InsertPacing, Sink, Store
 from chat.enrich import Enricher
 from chat.fanout import GatewayRegistry, Publisher
 from chat.keys import BULK_GROUP, LIVE_GROUP, KeySpace
+from chat.pressure import DbShare, InsertLatencyReporter, PressureFollower
 from chat.serialization import Priority
 from chat.service import Part, Supervised, counters_of
 from chat.storage import attachments as attachment_storage
@@ -63,6 +64,24 @@ def options_for(settings: Settings, priority: Priority) -> ConsumerOptions:
     )
 
 
+def live_pressure(
+    settings: Settings, priority: Priority, redis: Any, keyspace: KeySpace
+) -> tuple[InsertPacing | None, Part | None]:
+    """The consumer's side of the live-pressure loop (:mod:`chat.pressure`) and the part
+    that runs it: priority reports its insert times; the worker, unless
+    BULK_YIELD_TARGET_MS is 0, follows them with a :class:`DbShare`."""
+    interval = settings.live_pressure_interval_ms / 1000
+    key = keyspace.live_pressure
+    if priority == "live":
+        reporter = InsertLatencyReporter(redis, key, interval)
+        return reporter, Supervised("live-pressure", reporter.run)
+    if not settings.bulk_yield_target_ms:
+        return None, None
+    share = DbShare(target_ms=settings.bulk_yield_target_ms, min_share=settings.bulk_min_db_share)
+    follower = PressureFollower(redis, key, interval, share)
+    return share, Supervised("live-pressure", follower.run)
+
+
 class ConsumerService:
     """A consumer process's resources and parts (the runner's :class:`~chat.service.Host`).
 
@@ -92,6 +111,7 @@ class ConsumerService:
         self.attachments = attachment_storage.from_settings(settings)
         registry = GatewayRegistry(self.redis, self.keyspace, settings.fanout_registry_ttl_s)
         self.publisher = Publisher(registry)
+        self.pacing, pressure = live_pressure(settings, options.priority, self.redis, self.keyspace)
         self.consumer = Consumer(
             self.redis,
             self.keyspace,
@@ -99,11 +119,14 @@ class ConsumerService:
             store=store or self.messages,
             enricher=Enricher(self.directory, self.attachments),
             sink=sink or self.publisher,
+            pacing=self.pacing,
         )
         self._parts: list[Part] = [
             Supervised("consumer", self.consumer.run),
             Supervised("fanout", self.publisher.run),
         ]
+        if pressure is not None:
+            self._parts.append(pressure)
         lag_publisher = self._lag_publisher()
         if lag_publisher is not None:
             self._parts.append(lag_publisher)
@@ -118,7 +141,9 @@ class ConsumerService:
         from chat.cloudwatch import LagPublisher
 
         client = boto3.client("cloudwatch", region_name=self.settings.aws_region)
-        publisher = LagPublisher(client, namespace, self.service, self.consumer.lag)
+        pacing = self.pacing
+        share = (lambda: pacing.share) if isinstance(pacing, DbShare) else None
+        publisher = LagPublisher(client, namespace, self.service, self.consumer.lag, share=share)
         return Supervised("cloudwatch-lag", publisher.run)
 
     # ------------------------------------------------------------------ Host

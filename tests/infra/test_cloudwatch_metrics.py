@@ -12,6 +12,7 @@ import pytest
 from moto import mock_aws
 
 from chat.cloudwatch import (
+    BULK_DB_SHARE,
     LIVE_LATENCY,
     SERVICE_DIMENSION,
     STREAM_LAG,
@@ -128,6 +129,36 @@ async def test_lag_publisher_publishes_until_stopped(cloudwatch: CloudWatchClien
         statistic="Maximum",
     )
     assert point.value == 30.0
+
+
+async def test_the_worker_publisher_adds_its_database_share(cloudwatch: CloudWatchClient) -> None:
+    """With a share probe (the worker's DbShare) BulkDbShare is published beside the lag;
+    without one (priority) it is not."""
+    stop = asyncio.Event()
+
+    async def probe() -> tuple[int, float]:
+        stop.set()
+        return 5, 0.1
+
+    shares = iter([0.25])
+    worker = LagPublisher(
+        cloudwatch, NAMESPACE, "worker", probe, share=lambda: next(shares), interval_s=0.01
+    )
+    await asyncio.wait_for(worker.run(stop), timeout=5)
+    stop.clear()
+    priority = LagPublisher(cloudwatch, NAMESPACE, "priority", probe, interval_s=0.01)
+    await asyncio.wait_for(priority.run(stop), timeout=5)
+    start, end = window()
+    (point,) = read_metric(
+        cloudwatch, NAMESPACE, BULK_DB_SHARE, {SERVICE_DIMENSION: "worker"}, start, end
+    )
+    assert point.value == 0.25
+    names = {
+        (m["MetricName"], m["Dimensions"][0]["Value"])
+        for m in cloudwatch.list_metrics(Namespace=NAMESPACE)["Metrics"]
+    }
+    assert (BULK_DB_SHARE, "priority") not in names
+    assert (STREAM_LAG, "priority") in names
 
 
 async def test_lag_publisher_survives_a_failing_probe(cloudwatch: CloudWatchClient) -> None:

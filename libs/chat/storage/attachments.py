@@ -169,6 +169,11 @@ class LocalAttachments:
         path.with_suffix(".type").write_text(content_type)
 
     async def info(self, key: str) -> ObjectInfo:
+        # File I/O in a thread: the gateway's send path and the consumers call this on
+        # their event loop, which a slow disk must not hold still.
+        return await asyncio.to_thread(self._info, key)
+
+    def _info(self, key: str) -> ObjectInfo:
         path = self.path(key)
         if not path.exists():
             raise NotFound(f"attachment {key} was not uploaded")
