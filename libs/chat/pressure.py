@@ -20,9 +20,9 @@ the loop on what live actually gets (DESIGN.md invariant 3)::
 * :class:`DbShare` (worker) is the fraction of wall time the process's inserts may keep
   the writer busy. After an insert that took ``d`` at share ``s`` the next one starts
   ``d * (1 - s) / s`` later at the earliest. Live mean over ``BULK_YIELD_TARGET_MS``:
-  the share is multiplied by ``DECREASE`` (down to ``BULK_MIN_DB_SHARE``, so bulk always
-  makes progress); at or under it: plus ``INCREASE``; no report: plus ``RECOVER`` (live
-  has gone quiet: bulk takes the writer back within a couple of seconds).
+  the share is multiplied by ``decrease`` (0.75, down to ``BULK_MIN_DB_SHARE``, so bulk
+  always makes progress); at or under it: plus ``increase`` (0.05); no report: plus
+  ``recover`` (0.1: live has gone quiet, bulk takes the writer back within seconds).
 * :class:`PressureFollower` (worker) polls the key and feeds the share; it exports both
   as metrics (``chat_live_pressure_ms``, ``chat_bulk_db_share``).
 
