@@ -699,7 +699,7 @@ async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int])
             live_url = metrics_url(local, "priority")
             live0 = await scrape(http, live_url)
             cpu = Cpu({**pids, "load generator": flood.proc.pid})
-            sizes = asyncio.create_task(_sample_sizes(progress, LIVE_SECONDS))
+            sizes = asyncio.create_task(_sample_worker(progress, LIVE_SECONDS))
             busy = await Conversations(people, "busy").run(LIVE_SECONDS)
             done1, backlog1, _ = await progress.sample()
             live1 = await scrape(http, live_url)
@@ -749,7 +749,7 @@ async def live_under_bulk(local: LocalStack, base: str, pids: Mapping[str, int])
     }
 
 
-async def _sample_sizes(progress: BulkProgress, seconds: float) -> list[tuple[int, float]]:
+async def _sample_worker(progress: BulkProgress, seconds: float) -> list[tuple[int, float]]:
     """The worker's adaptive batch size (chat_batch_target) and database share
     (chat_bulk_db_share), twice a second."""
     out: list[tuple[int, float]] = []

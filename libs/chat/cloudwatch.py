@@ -15,7 +15,6 @@ delays a scale-out by one period, crashing the consumer would stop the work.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -205,15 +204,13 @@ class LagPublisher:
             lag, age = await self._probe()
             share = None if self._share is None else self._share()
             await asyncio.to_thread(
-                functools.partial(
-                    publish_stream_lag,
-                    self._client,
-                    self._namespace,
-                    self._service,
-                    lag,
-                    age,
-                    db_share=share,
-                )
+                publish_stream_lag,
+                self._client,
+                self._namespace,
+                self._service,
+                lag,
+                age,
+                db_share=share,
             )
         except Exception:
             # Broad on purpose: a metrics outage (CloudWatch, throttling, a Redis blip in

@@ -6,10 +6,11 @@ The file (``LOCAL_DIR/<service>.heartbeat.json``) is rewritten atomically every
 on the event loop (the counters belong to it) and the file is written in a thread: an
 ``open`` or ``rename`` can block for hundreds of milliseconds on a busy disk (measured:
 350 ms in the worker and the priority at once, while SecantusDB journalled on the same
-disk), and on the loop that would hold every live message in hand for as long. ``python -m <service>
---check`` (the container health check) reads it and needs no database and no heavy
-import: this module imports only the standard library, so the check costs a fraction
-of a second even on a busy 2-core task.
+disk), and on the loop that would hold every live message in hand for as long.
+
+``python -m <service> --check`` (the container health check) reads it and needs no
+database and no heavy import: this module imports only the standard library, so the
+check costs a fraction of a second even on a busy 2-core task.
 """
 
 from __future__ import annotations
